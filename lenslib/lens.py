@@ -127,7 +127,7 @@ def _broadcast_targets(target, n_prompts: int, single: bool) -> list[Target]:
 
 
 def _tokenize(model, prompt: str, prepend_bos: Optional[bool]) -> Tensor:
-    ids = model.to_tokens(prompt, prepend_bos=prepend_bos)[0].cpu()
+    ids = model.to_tokens(prompt, prepend_bos=prepend_bos, truncate=False)[0].cpu()
     n_ctx = int(model.cfg.n_ctx)
     if ids.numel() > n_ctx:
         raise ValueError(

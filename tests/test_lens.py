@@ -1,0 +1,188 @@
+"""logit_lens on the tiny random model: against an independent reference, properties, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import lenslib
+from hf_reference import final_norm, reference_lens
+
+PROMPT = "The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture(scope="module")
+def result(tiny):
+    return lenslib.logit_lens(tiny, PROMPT, k=5)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_hf, result):
+    return reference_lens(tiny_hf, result.input_ids)
+
+
+def test_shapes_and_labels(tiny, result):
+    n_tokens = len(PROMPT) + 1  # one token per character, plus BOS
+    assert result.input_ids.shape == (n_tokens,)
+    assert result.str_tokens[0] == "<bos>" and "".join(result.str_tokens[1:]) == PROMPT
+    assert result.layer_labels == ["0_pre", "1_pre", "final_post"]
+    assert result.top_ids.shape == result.top_probs.shape == (3, n_tokens, 5)
+    for name in ("entropy", "kl_to_final", "target_prob", "target_logprob", "target_rank"):
+        assert getattr(result, name).shape == (3, n_tokens), name
+    assert len(result.top_tokens) == 3 and len(result.top_tokens[0]) == n_tokens
+    assert result.top_tokens[1][4] == [tiny.tokenizer.decode([i]) for i in result.top_ids[1, 4]]
+
+
+def test_matches_independent_reference(result, reference):
+    ref = reference.log_probs  # [layer, pos, vocab], float64
+    assert torch.equal(result.top_ids[..., 0], ref.argmax(-1))
+    top_ref = ref.gather(-1, result.top_ids.long()).exp()
+    torch.testing.assert_close(result.top_probs.double(), top_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.entropy.double(), reference.entropy, atol=1e-4, rtol=0)
+    torch.testing.assert_close(result.kl_to_final.double(), reference.kl_to_final, atol=1e-4, rtol=0)
+    has = result.target_ids >= 0
+    expected_lp = ref[:, has].gather(-1, result.target_ids[has].view(1, -1, 1).expand(3, -1, 1))
+    torch.testing.assert_close(result.target_logprob[:, has].double(), expected_lp.squeeze(-1), atol=1e-5, rtol=0)
+    expected_rank = (ref[:, has] > expected_lp).sum(-1) + 1
+    assert torch.equal(result.target_rank[:, has], expected_rank)
+
+
+def test_last_layer_is_the_models_own_prediction(result, reference):
+    model_log_probs = reference.model_logits.log_softmax(-1)
+    torch.testing.assert_close(
+        result.top_probs[-1].double(),
+        model_log_probs.gather(-1, result.top_ids[-1].long()).exp(),
+        atol=1e-5, rtol=0,
+    )
+
+
+@pytest.mark.parametrize("mistake", ["no final norm", "final norm twice", "last layer's scale for all"])
+def test_reference_catches_final_norm_mistakes(tiny_hf, result, reference, mistake):
+    """The comparison above would fail if the lens got the final norm wrong in any of these ways."""
+    out = tiny_hf(result.input_ids.view(1, -1), output_hidden_states=True)
+    hidden = torch.stack([h[0] for h in out.hidden_states[:-1]])  # pre-norm streams
+    norm = final_norm(tiny_hf)
+    with torch.no_grad():
+        if mistake == "no final norm":
+            streams = hidden
+        elif mistake == "final norm twice":
+            streams = norm(norm(hidden))
+        else:  # one cached scale (the final layer's) reused for every layer
+            rms = lambda x: x.pow(2).mean(-1, keepdim=True).add(1e-6).rsqrt()  # noqa: E731
+            streams = hidden * rms(hidden[-1]) * norm.weight
+        wrong = tiny_hf.lm_head(streams).double().log_softmax(-1)
+    wrong_entropy = -(wrong.exp() * wrong).sum(-1)
+    assert (wrong_entropy[:-1] - reference.entropy[:-1]).abs().max() > 1e-2
+
+
+def test_properties(tiny, result):
+    assert (result.kl_to_final >= 0).all()
+    assert (result.kl_to_final[-1] == 0).all()
+    assert (result.kl_to_final[:-1] > 1e-3).any()  # distributions really differ across layers
+    assert (result.entropy >= 0).all() and (result.entropy <= math.log(64) + 1e-5).all()
+    assert result.entropy.min() < 0.8 * math.log(64)  # non-uniform: the checks have teeth
+    has = result.target_ids >= 0
+    is_top1 = result.top_ids[..., 0] == result.target_ids.view(1, -1)
+    assert torch.equal(result.target_rank[:, has] == 1, is_top1[:, has])
+    assert (result.top_probs[..., :-1] >= result.top_probs[..., 1:]).all()
+    torch.testing.assert_close(result.target_prob[:, has], result.target_logprob[:, has].exp())
+
+
+def test_default_target_is_next_token(result):
+    assert torch.equal(result.target_ids[:-1], result.input_ids[1:])
+    assert result.target_ids[-1] == -1
+    assert torch.isnan(result.target_prob[:, -1]).all() and (result.target_rank[:, -1] == 0).all()
+
+
+def test_batched_equals_unbatched(tiny):
+    prompts = ["Hello there", "a", "The cat sat on the mat, quietly."]
+    batched = lenslib.logit_lens(tiny, prompts, k=3, batch_size=2)
+    assert isinstance(batched, list) and len(batched) == 3
+    for prompt, got in zip(prompts, batched):
+        alone = lenslib.logit_lens(tiny, prompt, k=3)
+        assert torch.equal(got.input_ids, alone.input_ids)
+        assert torch.equal(got.top_ids, alone.top_ids)
+        for name in ("top_probs", "entropy", "kl_to_final", "target_logprob"):
+            torch.testing.assert_close(getattr(got, name), getattr(alone, name), atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_chunking_does_not_change_results(tiny, result):
+    small = lenslib.logit_lens(tiny, PROMPT, k=5, chunk_bytes=1)  # one position per block
+    assert torch.equal(small.top_ids, result.top_ids)
+    torch.testing.assert_close(small.entropy, result.entropy, atol=1e-5, rtol=0)  # fp32 blocking
+    torch.testing.assert_close(small.kl_to_final, result.kl_to_final, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "positions, expected",
+    [("last", [44]), (-1, [44]), (3, [3]), (slice(2, 5), [2, 3, 4]), ([0, -2], [0, 43]), (None, list(range(45)))],
+)
+def test_positions(tiny, result, positions, expected):
+    got = lenslib.logit_lens(tiny, PROMPT, k=5, positions=positions)
+    assert got.positions.tolist() == expected
+    torch.testing.assert_close(got.entropy, result.entropy[:, expected], atol=1e-5, rtol=0)
+
+
+def test_fixed_target_string_and_id(tiny):
+    by_string = lenslib.logit_lens(tiny, "abc", target="z")
+    z_id = tiny.tokenizer.convert_tokens_to_ids("z")
+    by_id = lenslib.logit_lens(tiny, "abc", target=z_id)
+    assert (by_string.target_ids == z_id).all() and by_string.target_tokens == ["z"] * 4
+    torch.testing.assert_close(by_string.target_prob, by_id.target_prob)
+    assert (by_string.target_rank >= 1).all()
+
+
+def test_multi_token_target_warns_and_tracks_first(tiny):
+    with pytest.warns(UserWarning, match="tracking its first token"):
+        got = lenslib.logit_lens(tiny, "abc", target="xy")
+    assert (got.target_ids == tiny.tokenizer.convert_tokens_to_ids("x")).all()
+
+
+def test_per_prompt_targets(tiny):
+    got = lenslib.logit_lens(tiny, ["ab", "cd"], target=["c", "e"], positions="last")
+    assert [r.target_tokens for r in got] == [["c"], ["e"]]
+
+
+def test_incl_mid_adds_attention_outputs(tiny):
+    got = lenslib.logit_lens(tiny, "abc", incl_mid=True)
+    assert got.layer_labels == ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"]
+    assert (got.kl_to_final[-1] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(prompt=""), ValueError, "empty"),
+        (dict(prompt=[]), ValueError, "non-empty list"),
+        (dict(prompt=["ok", 3]), ValueError, "not a string"),
+        (dict(prompt="a" * 200), ValueError, "context is 128"),
+        (dict(prompt="abc", positions=4), IndexError, "outside the prompt"),
+        (dict(prompt="abc", positions=-5), IndexError, "outside the prompt"),
+        (dict(prompt="abc", positions=slice(10, 20)), ValueError, "selects no position"),
+        (dict(prompt="abc", positions="first"), ValueError, "'last'"),
+        (dict(prompt="abc", k=0), ValueError, r"k must be an int in \[1, 64\]"),
+        (dict(prompt="abc", k=65), ValueError, r"k must be an int in \[1, 64\]"),
+        (dict(prompt="abc", target=""), ValueError, "empty string"),
+        (dict(prompt="abc", target=1.5), ValueError, "target must be"),
+        (dict(prompt="abc", target=64), ValueError, "outside the vocabulary"),
+        (dict(prompt="abc", target=["a", "b"]), ValueError, "list of targets"),
+    ],
+)
+def test_bad_input_says_what_to_do(tiny, kwargs, error, match):
+    prompt = kwargs.pop("prompt")
+    with pytest.raises(error, match=match):
+        lenslib.logit_lens(tiny, prompt, **kwargs)
+
+
+def test_to_frame_and_str(result):
+    frame = result.to_frame()
+    assert len(frame) == 3 * 45 * 5
+    row = frame[(frame.layer == 1) & (frame.position == 7) & (frame.k_rank == 2)].iloc[0]
+    assert row.token_id == int(result.top_ids[1, 7, 1])
+    assert row.prob == pytest.approx(float(result.top_probs[1, 7, 1]))
+    assert row.entropy == pytest.approx(float(result.entropy[1, 7]))
+    assert row.input_token == result.str_tokens[7]
+    text = str(result)
+    assert "final_post" in text and "position 44" in text and len(text.splitlines()) == 3 + 3
