@@ -127,6 +127,7 @@ def ensure_entry(entry: str, build: Callable[[Path], dict]) -> Path:
         try:
             meta = build(staging)
             _write_manifest(staging, meta)
+            staging.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any other
             os.replace(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

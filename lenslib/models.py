@@ -248,7 +248,9 @@ def _load_bundled(model: BundledModel, *, device: str, dtype: torch.dtype) -> "T
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory = hf_model_dir(model.name)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    # TransformerLens reloads any tokenizer that does not add BOS itself (Gemma's is 33 MB);
+    # loading it so once saves that second load.
+    tokenizer = AutoTokenizer.from_pretrained(directory, add_bos_token=True)
     hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     return TransformerBridge.boot_transformers(
         model.hub_name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
