@@ -61,6 +61,21 @@ class LensResult:
         """Number of lens layers (``len(layer_labels)``)."""
         return len(self.layer_labels)
 
+    def to_dict(self) -> dict:
+        """Every field as plain Python lists and numbers (NaN becomes None), for JSON."""
+        import math
+
+        def plain(value):
+            if isinstance(value, Tensor):
+                value = value.tolist()
+            if isinstance(value, float) and math.isnan(value):
+                return None
+            if isinstance(value, list):
+                return [plain(v) for v in value]
+            return value
+
+        return {name: plain(getattr(self, name)) for name in self.__dataclass_fields__}
+
     def to_frame(self):
         """A tidy ``pandas.DataFrame``: one row per layer x position x top-k rank.
 
