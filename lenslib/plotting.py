@@ -31,6 +31,8 @@ from lenslib.lens_result import LensResult
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
+    from lenslib.recall import RecallRun
+
 TEMPLATE = "plotly_white"
 _MARKERS = {"Ġ": " ", "▁": " ", "Ċ": "\n"}  # byte-level BPE / SentencePiece space and newline
 _VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}
@@ -276,6 +278,30 @@ def stat_profile(
     }
     return _depth_figure(results_by_model, curves, reduce, y_title, False,
                          title if title is not None else f"{reduce.capitalize()} {y_title} by relative depth")
+
+
+def recall_trajectories(run: "RecallRun", *, stat: str = "prob", by_relation: bool = True,
+                        title: Optional[str] = None) -> "go.Figure":
+    """The answer's probability or rank across layers over a recall run: median and IQR band.
+
+    Args:
+        run: a :class:`lenslib.recall.RecallRun` (``probs`` / ``ranks`` are ``[prompt, layer]``).
+        stat: ``"prob"`` or ``"rank"`` (log y axis, 1 = top).
+        by_relation: one median line and band per relation; otherwise one for all prompts.
+    """
+    import plotly.graph_objects as go
+
+    rows = _choice(stat, {"prob": run.probs, "rank": run.ranks}, "stat").double().numpy()
+    groups = run.table["relation"].to_numpy() if by_relation else np.array(["all prompts"] * len(rows))
+    fig = go.Figure()
+    for i, group in enumerate(dict.fromkeys(groups)):
+        chosen = rows[groups == group]
+        _add_median_band(fig, list(run.layer_labels), chosen, _PALETTE[i % len(_PALETTE)],
+                         f"{html.escape(str(group))} (n={len(chosen)})", run.layer_labels)
+    y_title = "probability of the answer" if stat == "prob" else "rank of the answer (1 = top)"
+    default = f"The answer's {'probability' if stat == 'prob' else 'rank'} across layers (median, IQR band)"
+    _finish(fig, title or default, "layer", y_title, log_y=stat == "rank")
+    return fig
 
 
 def configure_static_images(

@@ -88,7 +88,8 @@ def recall_summary(run: "RecallRun") -> tuple[dict, "pd.DataFrame"]:
     """Overall numbers as a dict, and one row per relation (accuracy, emergence)."""
     from lenslib.recall import accuracy_by_relation, emergence_by_relation
 
-    by_relation = accuracy_by_relation(run).merge(emergence_by_relation(run), on="relation", how="left")
+    emergence = emergence_by_relation(run).drop(columns="n_correct")
+    by_relation = accuracy_by_relation(run).join(emergence).reset_index()
     emergence = run.table["emergence_layer"].dropna()
     summary = {
         "model": run.model_name,
@@ -107,15 +108,9 @@ def recall_summary(run: "RecallRun") -> tuple[dict, "pd.DataFrame"]:
 
 def recall_report(run: "RecallRun", *, model_name: str) -> str:
     """Accuracy and emergence by relation, the answer's median trajectory, and every prompt."""
-    import plotly.graph_objects as go
+    from lenslib.plotting import recall_trajectories
 
     summary, by_relation = recall_summary(run)
-    median = run.probs.nanmedian(dim=0).values.tolist()
-    trajectory = go.Figure(go.Scatter(x=run.layer_labels, y=median, mode="lines+markers"))
-    trajectory.update_layout(
-        title="Median probability of the answer across layers", xaxis_title="layer",
-        yaxis_title="probability", template="plotly_white",
-    )
     return _page(
         f"lenslib recall: {model_name}",
         [
@@ -124,7 +119,7 @@ def recall_report(run: "RecallRun", *, model_name: str) -> str:
             f"{summary['accuracy']:.1%}. The emergence layer is the first layer from which the "
             "answer stays top-1 through the final layer.</p>",
             _table(by_relation),
-            *_figures([trajectory]),
+            *_figures([recall_trajectories(run, stat="prob"), recall_trajectories(run, stat="rank")]),
             "<h2>Every prompt</h2>",
             _table(run.table),
         ],
