@@ -197,14 +197,15 @@ def _target_ids(model, target: Target, tokens: Tensor, positions: Tensor) -> Ten
 def _output_transform(model) -> Optional[Callable[[Tensor], Tensor]]:
     """The model's post-unembedding transform, or None when it is the identity."""
     from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+    from transformer_lens.utilities.activation_functions import softcap_enabled
 
     adapter = getattr(model, "adapter", None)
     transform = getattr(adapter, "apply_output_logits_transform", None)
     if transform is None:
         return None
     inherited = type(adapter).apply_output_logits_transform is ArchitectureAdapter.apply_output_logits_transform
-    if inherited and not getattr(adapter.cfg, "output_logits_soft_cap", None):
-        return None
+    if inherited and not softcap_enabled(getattr(adapter.cfg, "output_logits_soft_cap", None)):
+        return None  # TransformerLens writes -1.0 for "no soft-cap"
     return transform
 
 

@@ -145,6 +145,19 @@ def test_per_prompt_targets(tiny):
     assert [r.target_tokens for r in got] == [["c"], ["e"]]
 
 
+def test_output_transform_identity_takes_the_fast_path_and_softcap_is_applied(tiny, monkeypatch):
+    from lenslib.lens import _output_transform
+
+    assert _output_transform(tiny) is None  # TransformerLens's -1.0 means "no soft-cap"
+    plain = lenslib.logit_lens(tiny, "abc")
+    monkeypatch.setattr(tiny.adapter.cfg, "output_logits_soft_cap", 1.0)
+    assert _output_transform(tiny) is not None
+    capped = lenslib.logit_lens(tiny, "abc")
+    # a cap of 1 squeezes every logit into (-1, 1): distributions flatten
+    assert (capped.entropy > plain.entropy).all()
+    assert capped.entropy.max() <= math.log(64)
+
+
 def test_incl_mid_adds_attention_outputs(tiny):
     got = lenslib.logit_lens(tiny, "abc", incl_mid=True)
     assert got.layer_labels == ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"]
