@@ -1,0 +1,146 @@
+"""bench/lens_bench.py on the tiny model: every case measured, every ratio present, files written."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "lens_bench.py"
+CASES = ["a", "b", "c", "d", "e"]
+RATIOS = ["a/d", "b/e", "a/c"]
+TOKENS = [8, 24]
+# The naive path's estimate on the tiny model is 4.5 x 3 layers x n x 64 x 4 bytes: 28 kB at 8
+# tokens, 83 kB at 24. A 50 kB limit runs it at 8 and skips it at 24, so one run tests both.
+LIMIT_GB = "5e-5"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("lens_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import lenslib
+
+    return lenslib.load_model("tiny-llama", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def run(bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--tiny", "--tokens", ",".join(map(str, TOKENS)), "--reps", "2", "--out", str(out), "--no-plot",
+            "--naive-mem-limit-gb", LIMIT_GB]
+    returned = bench.main(argv)
+    return out, returned
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_json_has_every_case_measured(run, bench):
+    out, returned = run
+    report = json.loads((out / "results.json").read_text())
+    assert report["results"] == json.loads(json.dumps(returned["results"]))
+    machine = report["machine"]
+    assert machine["device"] == "cpu" and machine["dtype"] == "float32"
+    assert machine["cpu_cores"] >= 1 and machine["cpu_model"] and machine["torch"]
+    seen = {(r["tokens"], r["case"]) for r in report["results"]}
+    assert seen == {(n, c) for n in TOKENS for c in CASES}
+    skipped = [r for r in report["results"] if "skipped" in r]
+    assert [(r["tokens"], r["case"]) for r in skipped] == [(24, "c")]
+    assert "exceeds the limit" in skipped[0]["skipped"] and "median_s" not in skipped[0]
+    for r in report["results"]:
+        assert r["model"] == "tiny-llama" and r["device"] == "cpu"
+        if "skipped" in r:
+            continue
+        assert len(r["times_s"]) == 2 and all(_positive(t) for t in r["times_s"])
+        assert _positive(r["median_s"]) and r["min_s"] <= r["median_s"]
+        assert isinstance(r["peak_extra_bytes"], int) and r["peak_extra_bytes"] >= 0
+        assert r["peak_extra_bytes"] == max(r["peak_extra_bytes_each"])
+    for r in report["results"]:
+        if r["case"] == "d":
+            assert _positive(r["gflop_per_s"])
+        if r["case"] == "c":
+            assert r["estimated_peak_extra_bytes"] == int(bench.NAIVE_LIVE_TENSORS * 3 * r["tokens"] * 64 * 4)
+
+
+def test_every_ratio_is_present_and_consistent(run):
+    out, _ = run
+    report = json.loads((out / "results.json").read_text())
+    assert [(r["model"], r["tokens"]) for r in report["ratios"]] == [("tiny-llama", n) for n in TOKENS]
+    times = {(r["tokens"], r["case"]): r.get("median_s") for r in report["results"]}
+    memory = {(r["tokens"], r["case"]): r.get("peak_extra_bytes") for r in report["results"]}
+    for row in report["ratios"]:
+        n = row["tokens"]
+        for ratio in RATIOS:
+            num, den = ratio.split("/")
+            if (n, den) == (24, "c"):
+                assert row[ratio]["time"] is None and row[ratio]["memory"] is None
+                assert row[ratio]["why_none"] == "case c skipped"
+                continue
+            assert _positive(row[ratio]["time"])
+            assert row[ratio]["time"] == pytest.approx(times[n, num] / times[n, den])
+            if memory[n, den] > 0:
+                assert row[ratio]["memory"] == pytest.approx(memory[n, num] / memory[n, den])
+            else:
+                assert row[ratio]["memory"] is None
+
+
+def test_prompts_are_exactly_n_tokens_of_the_passage(bench, tiny):
+    import lenslib
+
+    model = tiny
+    text = bench.PASSAGE.read_text()
+    assert len(text.split()) > 1000  # real prose, enough for 2048 tokens of a real tokenizer
+    for n in (2, 17, 127):
+        prompt, tokens, copies = bench.prompt_of_length(model, text, n)
+        assert tokens.shape == (1, n) and copies >= 1
+        assert text.startswith(prompt[:200])
+        assert len(lenslib.logit_lens(model, prompt, positions=None).positions) == n
+
+
+def test_markdown_table_and_figure(run, bench):
+    out, report = run
+    md = (out / "results.md").read_text()
+    assert "| model | tokens | case |" in md and "a/d time" in md
+    for n in TOKENS:
+        for case, label in bench.CASES.items():
+            assert f"| tiny-llama | {n} | {case} {label} |" in md
+    assert "skipped: estimated" in md
+    fig = bench.figure(report)  # structure only; rendering a PNG needs a browser (slow)
+    assert [trace.legendgroup for trace in fig.data] == CASES
+    for trace in fig.data:
+        measured = [8] if trace.legendgroup == "c" else TOKENS
+        assert list(trace.x) == measured and all(_positive(y) for y in trace.y)
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+
+
+def test_cases_compute_what_the_lens_computes(bench, tiny):
+    """c gives the lens's statistics, and d's matmul gives its logits: the ratios compare like with like."""
+    import lenslib
+    import torch
+
+    model = tiny
+    prompt, tokens, _ = bench.prompt_of_length(model, bench.PASSAGE.read_text(), 20)
+    lens = lenslib.logit_lens(model, prompt, k=bench.TOP_K)
+    with torch.no_grad():
+        entropy, top_lp, top_ids, kl = bench.case_naive(model, tokens)
+        resid = bench.normalised_resid(model, tokens)
+        logits = bench.case_floor(resid, model.W_U, model.b_U, chunk_bytes=2**30)  # one block
+        small = bench.case_floor(resid, model.W_U, model.b_U, chunk_bytes=3 * 4 * 64 * 7)  # 7 per block
+        unembedded = model.unembed(resid)
+    torch.testing.assert_close(entropy[:, 0], lens.entropy, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(kl[:, 0], lens.kl_to_final, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(top_lp[:, 0].exp(), lens.top_probs, atol=1e-5, rtol=1e-4)
+    assert resid.shape == (3, 20, 32) and logits.shape == (3 * 20, 64)
+    torch.testing.assert_close(logits.view(3, 20, 64), unembedded, atol=1e-5, rtol=1e-5)
+    assert small.shape == (3 * 7, 64)  # blocks of 7 positions: 0-6, 7-13, 14-19
+    last_block = small[: 3 * 6].view(3, 6, 64)
+    torch.testing.assert_close(last_block, unembedded[:, 14:], atol=1e-5, rtol=1e-5)
