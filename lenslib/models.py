@@ -19,6 +19,7 @@ import importlib
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -181,6 +182,8 @@ def load_model(
         ModelNotAvailableError: a bundled model's package is missing, or a hub name cannot be
             fetched (offline). The message says what to do.
     """
+    # tqdm.auto falls back to text bars in notebooks without ipywidgets; its warning says nothing.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}; try {_names()}")
     device = str(device) if device is not None else default_device()
@@ -246,12 +249,17 @@ def _dequantise(model: BundledModel, out: Path) -> dict:
 def _load_bundled(model: BundledModel, *, device: str, dtype: torch.dtype) -> "TransformerBridge":
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     directory = hf_model_dir(model.name)
     # TransformerLens reloads any tokenizer that does not add BOS itself (Gemma's is 33 MB);
     # loading it so once saves that second load.
     tokenizer = AutoTokenizer.from_pretrained(directory, add_bos_token=True)
-    hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    hf_logging.disable_progress_bar()  # reading cached safetensors takes a second: no bar
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    finally:
+        hf_logging.enable_progress_bar()
     return TransformerBridge.boot_transformers(
         model.hub_name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
