@@ -349,8 +349,9 @@ def configure_static_images(
 
 # ---------------------------------------------------------------- helpers
 
-_PALETTE = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A",
-            "#19D3F3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52"]  # plotly's qualitative colours
+_PALETTE = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A",  # plotly's qualitative colours,
+            "#19D3F3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52",  # then D3's darker ones: up to
+            "#1F77B4", "#8C564B", "#7F7F7F", "#BCBD22", "#2CA02C", "#9467BD"]  # 16 series differ
 
 
 def _choice(value, table: dict, what: str):
