@@ -33,9 +33,10 @@ run: models
 	  --ExecutePreprocessor.timeout=1200 notebooks/*.ipynb
 	$(BIN)/python -m lenslib.notebook_hygiene notebooks/*.ipynb
 
-# Every test, the notebooks included (re-executed by nbmake, a glob over notebooks/).
+# Every test: the doctests in lenslib, tests/, and the notebooks (re-executed by nbmake, a glob
+# over notebooks/).
 test: models
-	$(BIN)/pytest -q tests --nbmake notebooks
+	$(BIN)/pytest -q --doctest-modules lenslib tests --nbmake notebooks
 
 bench: models
 	$(BIN)/python bench/lens_bench.py
