@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 MANIFEST = "manifest.json"
-CACHE_FORMAT = 1  # bump when the layout or the conversion changes
+CACHE_FORMAT = 2  # bump when the layout or the conversion changes (2: manifest has mtimes)
 
 
 class DamagedCacheWarning(UserWarning):
@@ -50,7 +50,7 @@ def _sha256(path: Path) -> str:
 
 def _write_manifest(directory: Path, meta: dict) -> None:
     files = {
-        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        p.name: {"bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns, "sha256": _sha256(p)}
         for p in sorted(directory.iterdir())
         if p.is_file() and p.name != MANIFEST
     }
@@ -62,11 +62,13 @@ def _write_manifest(directory: Path, meta: dict) -> None:
     os.replace(tmp, directory / MANIFEST)
 
 
-def check_entry(directory: Path) -> str | None:
+def check_entry(directory: Path, *, full: bool = False) -> str | None:
     """Why ``directory`` is not a usable cache entry, or None when it is.
 
     Checks that the manifest exists and that every file it lists has the recorded size and
-    SHA-256 (about 1 s per GB on this kind of machine).
+    SHA-256 (about 1 s per GB on this kind of machine). A file whose size and modification time
+    are still those recorded when it was hashed is not hashed again unless ``full`` is set: any
+    rewrite, truncation or edit changes them. ``python -m lenslib.provision`` checks in full.
     """
     manifest_path = directory / MANIFEST
     if not directory.is_dir():
@@ -84,9 +86,11 @@ def check_entry(directory: Path) -> str | None:
         path = directory / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != expected["bytes"]:
-            return f"{name} has {path.stat().st_size} bytes, expected {expected['bytes']}"
-        if _sha256(path) != expected["sha256"]:
+        stat = path.stat()
+        if stat.st_size != expected["bytes"]:
+            return f"{name} has {stat.st_size} bytes, expected {expected['bytes']}"
+        untouched = stat.st_mtime_ns == expected.get("mtime_ns")
+        if (full or not untouched) and _sha256(path) != expected["sha256"]:
             return f"{name} does not match its recorded SHA-256"
     return None
 
@@ -96,13 +100,14 @@ def is_cached(entry: str) -> bool:
     return (cache_root() / entry / MANIFEST).is_file()
 
 
-def ensure_entry(entry: str, build: Callable[[Path], dict]) -> Path:
+def ensure_entry(entry: str, build: Callable[[Path], dict], *, full_check: bool = False) -> Path:
     """Return the directory of a valid cache entry, building it first if needed.
 
     Args:
         entry: directory name under :func:`cache_root`, e.g. ``"gemma-3-270m-v1"``.
         build: writes the entry's files into the empty directory it is given and returns
             metadata to record in the manifest. It runs at most once at a time per entry.
+        full_check: hash every file even when its size and modification time are unchanged.
 
     A damaged entry (missing, truncated or altered file, unreadable manifest) is reported with a
     :class:`DamagedCacheWarning`, removed and rebuilt.
@@ -113,7 +118,7 @@ def ensure_entry(entry: str, build: Callable[[Path], dict]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / entry
     with FileLock(str(root / f"{entry}.lock")):
-        problem = check_entry(final)
+        problem = check_entry(final, full=full_check)
         if problem is None:
             return final
         if problem != "missing":

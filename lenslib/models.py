@@ -200,16 +200,19 @@ def _names() -> str:
     return ", ".join(repr(n) for n in [*BUNDLED, TINY_MODEL_NAME])
 
 
-def hf_model_dir(name: str) -> Path:
+def hf_model_dir(name: str, *, full_check: bool = False) -> Path:
     """The cache directory holding a bundled model as plain Hugging Face files (built if needed).
 
     ``AutoModelForCausalLM.from_pretrained(hf_model_dir("smollm2-135m"))`` loads the same
     de-quantised weights that :func:`load_model` wraps; the reference tests use this.
+    ``full_check`` re-hashes every file even if untouched since it was verified.
     """
     if name not in BUNDLED:
         raise ValueError(f"{name!r} is not a bundled model; bundled: {', '.join(BUNDLED)}")
     model = BUNDLED[name]
-    return model_cache.ensure_entry(model.cache_entry, lambda out: _dequantise(model, out))
+    return model_cache.ensure_entry(
+        model.cache_entry, lambda out: _dequantise(model, out), full_check=full_check
+    )
 
 
 def _dequantise(model: BundledModel, out: Path) -> dict:

@@ -1,6 +1,7 @@
 """``python -m lenslib.provision``: make sure every bundled model is de-quantised and cached.
 
-Idempotent: a cached model is only checked (size and SHA-256 of each file, about a second).
+Idempotent: a cached model is only checked, in full (size and SHA-256 of every file, about a
+second per GB; ordinary loads re-hash only files whose size or modification time changed).
 The Makefile runs this before the notebooks and tests so the first real load is not inside
 a test's time.
 """
@@ -17,7 +18,7 @@ def main() -> int:
     for name in BUNDLED:
         started = time.perf_counter()
         try:
-            directory = hf_model_dir(name)
+            directory = hf_model_dir(name, full_check=True)
         except ModelNotAvailableError as error:
             print(f"lenslib: {error}", file=sys.stderr)
             return 1

@@ -67,6 +67,23 @@ def test_damaged_cache_is_detected_and_rebuilt(cache_dir, damage):
     assert len(calls) == 2 and model_cache.check_entry(entry) is None
 
 
+def test_untouched_files_are_not_rehashed_but_provision_checks_in_full(cache_dir, monkeypatch):
+    entry = model_cache.ensure_entry("m-1", _writer([]))
+    weights = entry / "weights.bin"
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime: a silent flip
+    hashed = []
+    real_sha = model_cache._sha256
+    monkeypatch.setattr(model_cache, "_sha256", lambda p: hashed.append(p.name) or real_sha(p))
+    assert model_cache.check_entry(entry) is None and hashed == []  # the fast check trusts it
+    assert "SHA-256" in model_cache.check_entry(entry, full=True)  # the full check does not
+    with pytest.warns(model_cache.DamagedCacheWarning):
+        model_cache.ensure_entry("m-1", _writer([]), full_check=True)
+
+
 def test_failed_build_leaves_nothing_a_later_load_accepts(cache_dir):
     def broken(out: Path) -> dict:
         (out / "weights.bin").write_bytes(b"half")
