@@ -309,10 +309,11 @@ def normalised_resid(model, tokens: torch.Tensor) -> torch.Tensor:
 
 def case_floor(resid: torch.Tensor, W_U: torch.Tensor, b_U: Optional[torch.Tensor], chunk_bytes: int):
     """The unembedding matmul alone, blocked as ``lens_stats`` blocks it (same block size)."""
+    from lenslib.lens_stats import positions_per_block
+
     n_layer, n_pos, d_model = resid.shape
     d_vocab = W_U.shape[1]
-    rows_per_block = max(n_layer, chunk_bytes // (4 * d_vocab))
-    block = max(1, rows_per_block // n_layer)
+    block = positions_per_block(n_layer, d_vocab, chunk_bytes)
     buffer = torch.empty(n_layer * min(block, n_pos), d_vocab, dtype=W_U.dtype, device=W_U.device)
     for start in range(0, n_pos, block):
         rows = resid[:, start : start + block].reshape(-1, d_model).to(W_U.dtype)

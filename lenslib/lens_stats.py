@@ -64,6 +64,12 @@ def _rowdot(a: Float[Tensor, "... v"], b: Float[Tensor, "... v"]) -> Float[Tenso
     return total
 
 
+def positions_per_block(n_layer: int, d_vocab: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Positions decoded together: as many as keep ``[layer, block, d_vocab]`` fp32 logits
+    within ``chunk_bytes``, and at least one."""
+    return max(1, chunk_bytes // (4 * d_vocab * n_layer))
+
+
 def lens_stats(
     normalised_resid: Float[Tensor, "layer pos d_model"],
     W_U: Float[Tensor, "d_model d_vocab"],
@@ -91,8 +97,7 @@ def lens_stats(
     """
     n_layer, n_pos, d_model = normalised_resid.shape
     d_vocab = W_U.shape[1]
-    rows_per_block = max(n_layer, chunk_bytes // (4 * d_vocab))
-    block = max(1, rows_per_block // n_layer)
+    block = positions_per_block(n_layer, d_vocab, chunk_bytes)
     out = {
         "top_ids": torch.empty(n_layer, n_pos, k, dtype=torch.long),
         "top_probs": torch.empty(n_layer, n_pos, k),
