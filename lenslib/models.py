@@ -258,11 +258,13 @@ def _load_bundled(model: BundledModel, *, device: str, dtype: torch.dtype) -> "T
     # TransformerLens reloads any tokenizer that does not add BOS itself (Gemma's is 33 MB);
     # loading it so once saves that second load.
     tokenizer = AutoTokenizer.from_pretrained(directory, add_bos_token=True)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # reading cached safetensors takes a second: no bar
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     finally:
-        hf_logging.enable_progress_bar()
+        if bars_were_on:  # leave the user's own setting as it was
+            hf_logging.enable_progress_bar()
     return TransformerBridge.boot_transformers(
         model.hub_name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
