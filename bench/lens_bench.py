@@ -11,7 +11,8 @@ extra memory:
      ``[layer, pos, d_vocab]`` tensor; skipped, with its estimated memory, when that exceeds
      ``--naive-mem-limit-gb``
   d  the floor: the unembedding matmul alone over the same layer x pos x d_model x d_vocab,
-     blocked exactly as ``lenslib.lens_stats`` blocks it, into one preallocated buffer
+     tiled exactly as ``lenslib.lens_stats`` tiles it (the same ``column_tiles``), into one
+     preallocated, cache-sized buffer
   e  a plain forward pass, ``model(tokens)`` (logits for every position)
 
 Peak extra memory is, on CPU, the rise of the resident set (VmHWM after resetting it through
@@ -308,21 +309,21 @@ def normalised_resid(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def case_floor(resid: torch.Tensor, W_U: torch.Tensor, b_U: Optional[torch.Tensor], chunk_bytes: int):
-    """The unembedding matmul alone, blocked as ``lens_stats`` blocks it (same block size)."""
-    from lenslib.lens_stats import positions_per_block
+    """The unembedding matmuls alone, tiled exactly as ``lens_stats`` tiles them (same tiles,
+    same buffer, same code: ``lens_stats.column_tiles``). Returns the last tile."""
+    from lenslib.lens_stats import column_tiles, effective_bias, tile_shape
 
     n_layer, n_pos, d_model = resid.shape
-    d_vocab = W_U.shape[1]
-    block = positions_per_block(n_layer, d_vocab, chunk_bytes)
-    buffer = torch.empty(n_layer * min(block, n_pos), d_vocab, dtype=W_U.dtype, device=W_U.device)
+    b_U = effective_bias(b_U)
+    block, columns = tile_shape(n_layer, W_U.shape[1], chunk_bytes)
+    buffer = torch.empty(min(block, n_pos) * n_layer * columns, device=W_U.device)
+    rows_by_pos = resid.transpose(0, 1)  # [pos, layer, d_model], as lens_stats orders rows
+    tile = buffer
     for start in range(0, n_pos, block):
-        rows = resid[:, start : start + block].reshape(-1, d_model).to(W_U.dtype)
-        out = buffer[: rows.shape[0]]
-        if b_U is None:
-            torch.mm(rows, W_U, out=out)
-        else:
-            torch.addmm(b_U, rows, W_U, out=out)
-    return buffer
+        rows = rows_by_pos[start : start + block].reshape(-1, d_model).to(W_U.dtype)
+        for _, tile in column_tiles(rows, W_U, b_U, columns, buffer):
+            pass
+    return tile
 
 
 def case_forward(model, tokens: torch.Tensor):

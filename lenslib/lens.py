@@ -47,9 +47,10 @@ def logit_lens(
     Each layer's residual stream (``cache.accumulated_resid(apply_ln=True)``: the final norm
     ``ln_final`` applied with statistics recomputed per layer, its weight included) goes through
     ``unembed`` (``W_U`` and ``b_U``) and the model's own output transform (e.g. Gemma 2's
-    soft-capping). Statistics are reduced chunk by chunk: the ``[layer, pos, d_vocab]`` logits
-    are never held at once, so extra memory is about ``2.5 * chunk_bytes`` plus the cached
-    residual stream, whatever the prompt length.
+    soft-capping). Statistics are reduced tile by tile (``[positions x layers, 2048 columns]`` of
+    the vocabulary, see :mod:`lenslib.lens_stats`): no position's full ``d_vocab`` logits are
+    ever held, so extra memory is ``chunk_bytes`` plus the cached residual stream, whatever the
+    prompt length.
 
     Args:
         model: a ``TransformerBridge`` (see :func:`lenslib.load_model`).
@@ -66,7 +67,7 @@ def logit_lens(
         incl_mid: also decode the stream after each block's attention (``"{l}_mid"`` labels).
         prepend_bos: prepend BOS; ``None`` uses the model's default (TransformerLens prepends).
         batch_size: prompts per forward pass when ``prompt`` is a list.
-        chunk_bytes: memory budget for one block of fp32 logits.
+        chunk_bytes: memory budget for one tile of fp32 logits (16 MiB: it stays in cache).
 
     Returns:
         A :class:`LensResult` (a list of them when ``prompt`` is a list). Shapes ``[layer, pos]``
@@ -277,7 +278,7 @@ def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chun
                 entropy=stats.entropy[:, span],
                 kl_to_final=stats.kl_to_final[:, span],
                 target_ids=tgt_ids,
-                target_prob=stats.target_logprob[:, span].exp(),
+                target_prob=stats.target_prob[:, span],
                 target_logprob=stats.target_logprob[:, span],
                 target_rank=stats.target_rank[:, span],
                 target_tokens=[decode.one(t) if t >= 0 else "" for t in tgt_ids.tolist()],

@@ -1,4 +1,5 @@
-"""``python -m lenslib.provision``: make sure every bundled model is de-quantised and cached.
+"""``python -m lenslib.provision``: make sure every bundled model is de-quantised and cached,
+and the lens's C kernel is compiled.
 
 Idempotent: a cached model is only checked, in full (size and SHA-256 of every file, about a
 second per GB; ordinary loads re-hash only files whose size or modification time changed).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
+from lenslib import native_kernel
 from lenslib.models import BUNDLED, ModelNotAvailableError, hf_model_dir
 
 
@@ -23,6 +25,9 @@ def main() -> int:
             print(f"lenslib: {error}", file=sys.stderr)
             return 1
         print(f"lenslib: {name} ready in {directory} ({time.perf_counter() - started:.1f} s)")
+    started = time.perf_counter()
+    if native_kernel.available():  # warns, and the lens uses torch, where it cannot be built
+        print(f"lenslib: fused lens kernel ready ({time.perf_counter() - started:.1f} s)")
     return 0
 
 

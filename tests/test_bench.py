@@ -133,14 +133,16 @@ def test_cases_compute_what_the_lens_computes(bench, tiny):
     with torch.no_grad():
         entropy, top_lp, top_ids, kl = bench.case_naive(model, tokens)
         resid = bench.normalised_resid(model, tokens)
-        logits = bench.case_floor(resid, model.W_U, model.b_U, chunk_bytes=2**30)  # one block
-        small = bench.case_floor(resid, model.W_U, model.b_U, chunk_bytes=3 * 4 * 64 * 7)  # 7 per block
+        logits = bench.case_floor(resid, model.W_U, model.b_U, chunk_bytes=2**30)  # one tile
+        small = bench.case_floor(resid, model.W_U, model.b_U, chunk_bytes=3 * 4 * 64 * 7)  # 7 positions
+        narrow = bench.case_floor(resid, model.W_U, model.b_U, chunk_bytes=3 * 4 * 16)  # 1 x 16 columns
         unembedded = model.unembed(resid)
     torch.testing.assert_close(entropy[:, 0], lens.entropy, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(kl[:, 0], lens.kl_to_final, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(top_lp[:, 0].exp(), lens.top_probs, atol=1e-5, rtol=1e-4)
-    assert resid.shape == (3, 20, 32) and logits.shape == (3 * 20, 64)
-    torch.testing.assert_close(logits.view(3, 20, 64), unembedded, atol=1e-5, rtol=1e-5)
-    assert small.shape == (3 * 7, 64)  # blocks of 7 positions: 0-6, 7-13, 14-19
-    last_block = small[: 3 * 6].view(3, 6, 64)
-    torch.testing.assert_close(last_block, unembedded[:, 14:], atol=1e-5, rtol=1e-5)
+    assert resid.shape == (3, 20, 32) and logits.shape == (20 * 3, 64)  # rows are [pos, layer]
+    torch.testing.assert_close(logits.view(20, 3, 64).transpose(0, 1), unembedded, atol=1e-5, rtol=1e-5)
+    assert small.shape == (6 * 3, 64)  # blocks of 7 positions: 0-6, 7-13, 14-19
+    torch.testing.assert_close(small.view(6, 3, 64).transpose(0, 1), unembedded[:, 14:], atol=1e-5, rtol=1e-5)
+    assert narrow.shape == (3, 16)  # the last tile: position 19, columns 48-63
+    torch.testing.assert_close(narrow, unembedded[:, 19, 48:], atol=1e-5, rtol=1e-5)

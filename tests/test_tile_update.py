@@ -1,0 +1,138 @@
+"""The fused C tile update against the plain-torch one, and both against float64 arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lenslib import native_kernel
+from lenslib.lens_stats import lens_stats
+from lenslib.tile_update import RunningStats, torch_tile_update
+
+FIELDS = ("top_val", "top_id", "row_max", "sum_w", "sum_wz", "sum_fz", "above", "target_val")
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    if native_kernel.mode() == "torch":
+        pytest.skip("LENSLIB_KERNEL=torch")
+    return native_kernel.load()  # a machine without a compiler fails here, visibly
+
+
+def _tiles(n_pos, n_layer, d_vocab, columns, seed, drift):
+    """Logits whose scale changes from tile to tile, so the running max moves (up or down)."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(n_pos, n_layer, d_vocab, generator=generator) * 3
+    scale = torch.linspace(1, 4, d_vocab) if drift == "up" else torch.linspace(4, 1, d_vocab)
+    z = z * scale
+    return [(c, z[..., c : c + columns].contiguous()) for c in range(0, d_vocab, columns)], z
+
+
+@pytest.mark.parametrize("n_pos,k,drift", [(1, 1, "up"), (5, 7, "down"), (9, 64, "up"), (3, 65, "down")])
+def test_native_update_equals_torch_update(kernel, n_pos, k, drift):
+    n_layer, d_vocab, columns = 4, 3000, 512  # 6 tiles, the last one partial
+    tiles, z = _tiles(n_pos, n_layer, d_vocab, columns, seed=n_pos, drift=drift)
+    target_id = torch.randint(0, d_vocab, (n_pos,))
+    target_id[0] = -1 if n_pos > 1 else target_id[0]
+    target_logit = z.gather(-1, target_id.clamp_min(0).view(-1, 1, 1).expand(-1, n_layer, 1)).squeeze(-1)
+    z[0, 1, 7] = -torch.inf  # a masked logit contributes nothing, and no NaN
+    tiles = [(c, z[..., c : c + columns].contiguous()) for c in range(0, d_vocab, columns)]
+    states = [RunningStats.empty(n_pos, n_layer, k) for _ in range(2)]
+    for col0, tile in tiles:
+        torch_tile_update(tile, col0, target_id, target_logit, states[0])
+        native_kernel.native_tile_update(tile, col0, target_id, target_logit, states[1])
+    want, got = states
+    for name in ("top_val", "top_id", "row_max", "above", "target_val"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=0, equal_nan=True, msg=name)
+    for name in ("sum_w", "sum_wz", "sum_fz"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=2e-6, atol=1e-6, msg=name)
+    has = target_id >= 0
+    assert not any(getattr(got, name)[has].isnan().any() for name in FIELDS)
+    assert got.target_val[~has].isnan().all()
+    stats = got.finish(target_id)
+    assert (stats["target_rank"][target_id >= 0] >= 1).all()
+    assert (stats["target_rank"][target_id < 0] == 0).all()
+
+
+def _direct(resid, W_U, targets, k):
+    """Float64, whole vocabulary at once: what the tiles must add up to."""
+    z = resid.double() @ W_U.double()  # [layer, pos, vocab]
+    logp = z.log_softmax(-1)
+    safe = targets.clamp_min(0).view(1, -1, 1).expand(z.shape[0], -1, 1)
+    return {
+        "entropy": -(logp.exp() * logp).sum(-1),
+        "kl_to_final": (logp[-1].exp() * (logp[-1] - logp)).sum(-1),
+        "top_ids": z.topk(k, -1).indices,
+        "top_probs": logp.topk(k, -1).values.exp(),
+        "target_logprob": logp.gather(-1, safe).squeeze(-1),
+        "target_rank": (z > z.gather(-1, safe)).sum(-1) + 1,
+    }
+
+
+@pytest.mark.parametrize("kernel_mode", ["native", "torch"])
+@pytest.mark.parametrize("chunk_bytes", [4 * 6 * 700, 4 * 6 * 2048 * 3, 2**26])
+def test_tiled_statistics_equal_a_float64_computation(monkeypatch, kernel_mode, chunk_bytes):
+    monkeypatch.setenv("LENSLIB_KERNEL", kernel_mode)
+    generator = torch.Generator().manual_seed(1)
+    n_layer, n_pos, d_model, d_vocab, k = 6, 11, 24, 5000, 10
+    resid = torch.randn(n_layer, n_pos, d_model, generator=generator)
+    resid[-1] *= 1.5  # a sharper final layer: KL is not symmetric noise
+    W_U = torch.randn(d_model, d_vocab, generator=generator)
+    targets = torch.randint(0, d_vocab, (n_pos,), generator=generator)
+    targets[3] = -1
+    got = lens_stats(resid, W_U, None, targets, k=k, chunk_bytes=chunk_bytes)
+    want = _direct(resid, W_U, targets, k)
+    has = targets >= 0
+    assert torch.equal(got.top_ids, want["top_ids"])
+    assert torch.equal(got.target_rank[:, has], want["target_rank"][:, has])
+    assert (got.target_rank[:, ~has] == 0).all() and got.target_logprob[:, ~has].isnan().all()
+    for name in ("entropy", "kl_to_final", "top_probs"):
+        torch.testing.assert_close(getattr(got, name).double(), want[name], atol=5e-5, rtol=1e-5, msg=name)
+    torch.testing.assert_close(got.target_logprob[:, has].double(), want["target_logprob"][:, has], atol=5e-5, rtol=1e-5)
+    assert (got.kl_to_final[-1] == 0).all() and (got.kl_to_final[:-1] > 1e-3).all()
+
+
+def test_without_a_compiler_the_lens_warns_once_and_uses_torch(monkeypatch, tmp_path):
+    monkeypatch.setenv("LENSLIB_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("LENSLIB_KERNEL", "auto")
+    native_kernel.load.cache_clear()
+    native_kernel._warn_once.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="no C compiler found") as caught:
+            assert native_kernel.available() is False
+            assert native_kernel.available() is False
+        assert len(caught) == 1 and "apt install gcc" in str(caught[0].message)
+        resid, W_U = torch.randn(3, 2, 8), torch.randn(8, 50)
+        stats = lens_stats(resid, W_U, None, torch.tensor([4, -1]), k=3)  # still works
+        assert stats.entropy.shape == (3, 2)
+        monkeypatch.setenv("LENSLIB_KERNEL", "native")
+        with pytest.raises(native_kernel.KernelBuildError, match="no C compiler"):
+            native_kernel.available()
+        assert not (tmp_path / "kernels").exists() or not any((tmp_path / "kernels").iterdir())
+    finally:
+        native_kernel.load.cache_clear()
+        native_kernel._warn_once.cache_clear()
+
+
+def test_a_bad_mode_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("LENSLIB_KERNEL", "fast")
+    with pytest.raises(ValueError, match="auto, native or torch"):
+        native_kernel.mode()
+
+
+def test_the_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LENSLIB_CACHE", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    native_kernel.load.cache_clear()
+    try:
+        native_kernel.load()
+        built = sorted((tmp_path / "kernels").glob("lens_tile-*.so"))
+        assert len(built) == 1
+        mtime = built[0].stat().st_mtime_ns
+        native_kernel.load.cache_clear()
+        native_kernel.load()
+        assert built[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
+        assert not [p for p in (tmp_path / "kernels").iterdir() if p not in built]  # no temp dirs left
+    finally:
+        native_kernel.load.cache_clear()
