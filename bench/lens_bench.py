@@ -59,7 +59,7 @@ CASES = {
     "a": "logit_lens, all positions",
     "b": "logit_lens, last position",
     "c": "naive TransformerLens lens",
-    "d": "floor: chunked unembedding matmul",
+    "d": "floor: tiled unembedding matmul",
     "e": "forward pass",
 }
 RATIOS = [("a", "d"), ("b", "e"), ("a", "c")]
@@ -132,11 +132,22 @@ def machine_info(device: str, dtype: torch.dtype) -> dict:
         "transformer_lens": metadata.version("transformer-lens"),
         "transformers": metadata.version("transformers"),
         "memory_method": memory_method(device),
+        "lens_statistics": _statistics_path(device),
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
         info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 1e9, 1)
     return info
+
+
+def _statistics_path(device: str) -> str:
+    """Which tile update the lens used: the fused C kernel or plain torch."""
+    from lenslib import native_kernel
+
+    if device == "cpu" and native_kernel.available():
+        openmp = "OpenMP" if native_kernel.load().lens_tile_openmp() else "Python threads"
+        return f"fused C kernel (lenslib/kernels/lens_tile.c, {openmp})"
+    return "plain torch (lenslib.tile_update.torch_tile_update)"
 
 
 def _status_kb(field: str) -> int:
@@ -335,7 +346,7 @@ def case_forward(model, tokens: torch.Tensor):
 
 def run(args: argparse.Namespace) -> dict:
     import lenslib
-    from lenslib.lens_stats import DEFAULT_CHUNK_BYTES
+    from lenslib.lens_stats import DEFAULT_CHUNK_BYTES, TILE_COLUMNS
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     out_dir = Path(args.out)
@@ -347,7 +358,8 @@ def run(args: argparse.Namespace) -> dict:
         "machine": machine_info(args.device, dtype),
         "settings": {
             "models": args.models, "tokens": args.tokens, "reps": args.reps, "top_k": TOP_K,
-            "chunk_bytes": DEFAULT_CHUNK_BYTES, "naive_mem_limit_bytes": limit,
+            "chunk_bytes": DEFAULT_CHUNK_BYTES, "tile_columns": TILE_COLUMNS,
+            "naive_mem_limit_bytes": limit,
             "naive_mem_limit_rule": limit_rule, "naive_live_tensors": NAIVE_LIVE_TENSORS,
             "tokens_counted": "tokens run, BOS included (= positions decoded by a and c)",
             "grad": "every case runs under torch.no_grad()",
@@ -465,6 +477,8 @@ def markdown(report: dict) -> str:
         + f"; torch {m['torch']}, transformer-lens {m['transformer_lens']}.",
         f"Median of {s['reps']} repetition(s). Tokens = tokens run, BOS included. "
         f"Memory: {m['memory_method']}.",
+        f"Lens statistics: {m.get('lens_statistics', 'not recorded')}; tiles of "
+        f"{s.get('tile_columns', '?')} vocabulary columns, {s['chunk_bytes'] / 2**20:g} MiB.",
         "",
         "Cases: " + "; ".join(f"**{k}** {v}" for k, v in report["cases"].items()) + ".",
         "",
