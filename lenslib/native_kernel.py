@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lenslib.tile_update import RunningStats
+from lenslib.tile_update import RunningStats, merge_topk
 
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
 OPENMP_FLAGS = ["-fopenmp"]  # tried first; a compiler without OpenMP builds the plain kernel
@@ -68,7 +68,7 @@ def native_tile_update(
     n_pos, n_layer, cols = z.shape
     k = state.top_val.shape[-1]
     if k > MAX_K:  # top-k by torch, everything else by the kernel
-        _torch_topk_update(z, col0, state)
+        merge_topk(z, col0, state)
         k_kernel = 0
     else:
         k_kernel = k
@@ -104,14 +104,6 @@ def native_tile_update(
         run(*jobs[0])
     else:
         list(_pool(n_threads).map(lambda job: run(*job), jobs))
-
-
-def _torch_topk_update(z: Tensor, col0: int, state: RunningStats) -> None:
-    k = state.top_val.shape[-1]
-    vals, ids = z.topk(min(k, z.shape[-1]), dim=-1)
-    merged, order = torch.cat([state.top_val, vals], -1).topk(k, dim=-1)
-    state.top_id.copy_(torch.cat([state.top_id, ids + col0], -1).gather(-1, order))
-    state.top_val.copy_(merged)
 
 
 @lru_cache(maxsize=None)

@@ -97,12 +97,7 @@ def torch_tile_update(
     number as the top-k's.
     """
     n_pos, n_layer, cols = z.shape
-    k = state.top_val.shape[-1]
-    if k:
-        vals, ids = z.topk(min(k, cols), dim=-1)
-        merged_vals, order = torch.cat([state.top_val, vals], -1).topk(k, dim=-1)
-        state.top_id.copy_(torch.cat([state.top_id, ids + col0], -1).gather(-1, order))
-        state.top_val.copy_(merged_vals)
+    merge_topk(z, col0, state)
 
     new_max = torch.maximum(state.row_max, z.amax(-1))
     first = state.row_max == -torch.inf
@@ -129,3 +124,14 @@ def torch_tile_update(
     state.sum_fz.copy_(scale[:, -1:] * (state.sum_fz + shift * old_sum_wf) + tile_fz)
     state.sum_w.copy_(scale * state.sum_w + tile_w)
     state.row_max.copy_(new_max)
+
+
+def merge_topk(z: Float[Tensor, "pos layer cols"], col0: int, state: RunningStats) -> None:
+    """Merge the tile's top-k into the running top-k (``torch.topk`` of the two, concatenated)."""
+    k = state.top_val.shape[-1]
+    if not k:
+        return
+    vals, ids = z.topk(min(k, z.shape[-1]), dim=-1)
+    merged, order = torch.cat([state.top_val, vals], -1).topk(k, dim=-1)
+    state.top_id.copy_(torch.cat([state.top_id, ids + col0], -1).gather(-1, order))
+    state.top_val.copy_(merged)

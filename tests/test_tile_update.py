@@ -136,3 +136,27 @@ def test_the_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
         assert not [p for p in (tmp_path / "kernels").iterdir() if p not in built]  # no temp dirs left
     finally:
         native_kernel.load.cache_clear()
+
+
+def test_a_compiler_without_openmp_gets_the_threaded_plain_kernel(monkeypatch, tmp_path):
+    """Where -fopenmp fails (e.g. Apple clang), the plain build splits positions over Python threads."""
+    monkeypatch.setenv("LENSLIB_CACHE", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(native_kernel, "OPENMP_FLAGS", ["-fno-such-openmp-flag"])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # 3 threads over 7 positions
+    native_kernel.load.cache_clear()
+    try:
+        assert native_kernel.load().lens_tile_openmp() == 0
+        n_pos, n_layer, d_vocab, columns = 7, 3, 1000, 256
+        tiles, z = _tiles(n_pos, n_layer, d_vocab, columns, seed=7, drift="up")
+        target_id = torch.arange(n_pos) * 100
+        target_logit = z.gather(-1, target_id.view(-1, 1, 1).expand(-1, n_layer, 1)).squeeze(-1)
+        states = [RunningStats.empty(n_pos, n_layer, 5) for _ in range(2)]
+        for col0, tile in tiles:
+            torch_tile_update(tile, col0, target_id, target_logit, states[0])
+            native_kernel.native_tile_update(tile, col0, target_id, target_logit, states[1])
+        for name in FIELDS:
+            torch.testing.assert_close(getattr(states[1], name), getattr(states[0], name),
+                                       rtol=2e-6, atol=1e-6, msg=name)
+    finally:
+        native_kernel.load.cache_clear()
