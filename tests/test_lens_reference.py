@@ -73,3 +73,31 @@ def test_batched_equals_unbatched_on_gemma(gemma):
         assert torch.equal(got.top_ids[..., 0], alone.top_ids[..., 0])
         torch.testing.assert_close(got.entropy, alone.entropy, atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(got.top_probs, alone.top_probs, atol=1e-4, rtol=0)
+
+
+def test_gemma_target_ranks_equal_a_float64_lens(gemma, gemma_hf):
+    """Ranks against a lens computed entirely in float64 from Hugging Face's hidden states.
+
+    At layer 5_pre another token's logit lies within 1e-5 of " Paris"'s: rounding the logits to
+    float32 put it above (rank 21468) in an earlier version; the lens compares against the
+    target's logit computed in float64 and gets 21467.
+    """
+    import copy
+
+    from hf_reference import final_norm
+
+    prompt = "The Eiffel Tower is located in the city of"
+    result = lenslib.logit_lens(gemma, prompt, k=1, target=" Paris", positions="last")
+    target = int(result.target_ids[0])
+    with torch.no_grad():
+        hidden = gemma_hf(result.input_ids.unsqueeze(0), output_hidden_states=True).hidden_states
+        norm = copy.deepcopy(final_norm(gemma_hf)).double()
+        W = gemma_hf.lm_head.weight.double()
+        ranks, near_ties = [], []
+        for layer in range(len(result.layer_labels) - 1):  # the last hidden state is already normed
+            logits = norm(hidden[layer][0, -1].double()) @ W.T
+            ranks.append(int((logits > logits[target]).sum()) + 1)
+            near_ties.append(int(((logits - logits[target]).abs() < 1e-5).sum()) - 1)
+    assert near_ties[5] >= 1  # the case this test is about is still there
+    assert result.target_rank[:-1, 0].tolist() == ranks
+    assert result.target_rank[-1, 0] == 1
