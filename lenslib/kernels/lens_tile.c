@@ -20,7 +20,7 @@
  * Pass 1 (per row) finds the tile max and feeds the running top-k: a 16-wide chunk max, and a
  * scalar insertion only for chunks that beat the current k-th value (rare after the first
  * tile). Pass 2 (per row, vectorised) rescales the sums to the new max and adds the tile's
- * terms. The final layer goes first, so its weights exp(zf - maxf) are in `scratch` for the
+ * terms and the rank count. The final layer goes first, so its weights exp(zf - maxf) are in `scratch` for the
  * other layers' KL term. Tile sums are float (8 lanes, at most cols/8 terms each) and are
  * added to float64 accumulators.
  *
@@ -130,31 +130,31 @@ void lens_tile_update(const float *z, int64_t n_pos, int64_t n_layer, int64_t co
             const double shift = old_max == -INFINITY ? 0.0 : (double)old_max - new_max;
             const double scale = old_max == -INFINITY ? 0.0 : exp(shift);
             const int64_t tgt = target_id[p];
-            const float t = target_logit[row];
+            const float t = tgt >= 0 ? target_logit[row] : INFINITY;  /* no target: counts 0 */
             float s_w = 0.0f, s_wz = 0.0f, s_fz = 0.0f, n_above = 0.0f;
             if (row == final) {
-#pragma omp simd reduction(+ : s_w, s_wz)
+#pragma omp simd reduction(+ : s_w, s_wz, n_above)
                 for (int64_t v = 0; v < cols; v++) {
                     float x = zr[v] - new_max;
                     float w = exp_nonpos(x);
                     wf[v] = w;
                     s_w += w;
                     s_wz += w > 0.0f ? w * x : 0.0f;
+                    n_above += zr[v] > t ? 1.0f : 0.0f;
                 }
                 s_fz = s_wz;
             } else {
-#pragma omp simd reduction(+ : s_w, s_wz, s_fz)
+#pragma omp simd reduction(+ : s_w, s_wz, s_fz, n_above)
                 for (int64_t v = 0; v < cols; v++) {
                     float x = zr[v] - new_max;
                     float w = exp_nonpos(x);
                     s_w += w;
                     s_wz += w > 0.0f ? w * x : 0.0f;
                     s_fz += wf[v] > 0.0f ? wf[v] * x : 0.0f;
+                    n_above += zr[v] > t ? 1.0f : 0.0f;
                 }
             }
             if (tgt >= 0) {
-#pragma omp simd reduction(+ : n_above)
-                for (int64_t v = 0; v < cols; v++) n_above += zr[v] > t ? 1.0f : 0.0f;
                 int64_t own = tgt - col0;  /* the target never counts itself */
                 if (own >= 0 && own < cols) {
                     if (zr[own] > t) n_above -= 1.0f;
