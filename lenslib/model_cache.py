@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 MANIFEST = "manifest.json"
-CACHE_FORMAT = 2  # bump when the layout or the conversion changes (2: manifest has mtimes)
+CACHE_FORMAT = 3  # bump when the layout or the conversion changes (2: manifest has mtimes;
+# 3: tokenizer.json merges compacted)
 
 
 class DamagedCacheWarning(UserWarning):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import signal
 import subprocess
@@ -218,6 +219,32 @@ def test_gemma_loads_and_predicts_paris(gemma):
         logits = gemma(tokens)
     assert gemma.tokenizer.decode(logits[0, -1].argmax()) == " Paris"
     assert gemma.cfg.n_layers == 18 and gemma.cfg.d_vocab == 262144
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("collector_on", [True, False])
+def test_loading_leaves_the_garbage_collector_as_it_was(collector_on):
+    """The load pauses Python's collector (it only scans objects that stay alive) and restores
+    the caller's setting, whether the load succeeds or fails."""
+    gc.enable() if collector_on else gc.disable()
+    try:
+        seen = []
+        real = models.load_cached_tokenizer
+
+        def spy(directory):
+            seen.append(gc.isenabled())
+            return real(directory)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(models, "load_cached_tokenizer", spy)
+            lenslib.load_model("smollm2-135m")
+            assert seen == [False] and gc.isenabled() is collector_on
+            patch.setattr(models, "hf_model_dir", lambda name: (_ for _ in ()).throw(OSError("disk")))
+            with pytest.raises(OSError, match="disk"):
+                lenslib.load_model("smollm2-135m")
+        assert gc.isenabled() is collector_on
+    finally:
+        gc.enable()
 
 
 def test_environment_yml_agrees_with_pyproject():

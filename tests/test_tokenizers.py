@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lenslib.models import BUNDLED, hf_model_dir, load_cached_tokenizer
+from lenslib.tokenizer_files import compact_bpe_merges
 
 pytestmark = pytest.mark.real_model
 
@@ -95,3 +96,24 @@ def test_the_loaded_bridge_keeps_this_tokenizer(gemma):
     assert tokens[0] == gemma.tokenizer.bos_token_id and tokens[1:] == gemma.tokenizer(
         "The Eiffel Tower", add_special_tokens=False
     )["input_ids"]
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED))
+def test_cached_file_has_compact_merges_equal_to_the_saved_pairs(name, tmp_path):
+    """The cache holds the "a b" form (faster to parse); written back as the pairs that
+    save_pretrained wrote, it is the same tokenizer, and compacting that again gives this file."""
+    from tokenizers import Tokenizer
+
+    cached = hf_model_dir(name) / "tokenizer.json"
+    spec = json.loads(cached.read_text(encoding="utf-8"))
+    merges = spec["model"]["merges"]
+    assert len(merges) > 40_000 and all(isinstance(m, str) and m.count(" ") == 1 for m in merges)
+    spec["model"]["merges"] = [m.split(" ") for m in merges]
+    as_saved = tmp_path / "tokenizer.json"
+    as_saved.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    compact, pairs = Tokenizer.from_file(str(cached)), Tokenizer.from_file(str(as_saved))
+    assert compact.to_str() == pairs.to_str()
+    texts = _texts()
+    assert [e.ids for e in compact.encode_batch(texts)] == [e.ids for e in pairs.encode_batch(texts)]
+    assert compact_bpe_merges(as_saved)
+    assert as_saved.read_bytes() == cached.read_bytes()
