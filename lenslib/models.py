@@ -254,6 +254,7 @@ def _dequantise(model: BundledModel, out: Path) -> dict:
 
 
 def _load_bundled(model: BundledModel, *, device: str, dtype: torch.dtype) -> "TransformerBridge":
+    directory = hf_model_dir(model.name)  # de-quantises on the first load, else checks the cache
     # Loading allocates millions of objects (imports, the tokenizer, TransformerLens's hook
     # scan) and frees almost none; the collector's full passes over them are pure overhead.
     with _garbage_collection_paused():
@@ -261,7 +262,6 @@ def _load_bundled(model: BundledModel, *, device: str, dtype: torch.dtype) -> "T
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
-        directory = hf_model_dir(model.name)
         tokenizer = load_cached_tokenizer(directory)
         bars_were_on = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # reading cached safetensors takes a second: no bar

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "lens_bench.py"
-CASES = ["a", "b", "c", "d", "e"]
+CASES = ["a", "b", "c", "d", "e", "f"]
 RATIOS = ["a/d", "b/e", "a/c"]
 TOKENS = [8, 24]
 # The naive path's estimate on the tiny model is 4.5 x 3 layers x n x 64 x 4 bytes: 28 kB at 8
@@ -91,6 +91,9 @@ def test_every_ratio_is_present_and_consistent(run):
                 assert row[ratio]["memory"] == pytest.approx(memory[n, num] / memory[n, den])
             else:
                 assert row[ratio]["memory"] is None
+        unavoidable = times[n, "d"] + times[n, "f"]
+        assert row["(d+f)/d"]["time"] == pytest.approx(unavoidable / times[n, "d"])
+        assert row["a/(d+f)"]["time"] == pytest.approx(times[n, "a"] / unavoidable)
 
 
 def test_prompts_are_exactly_n_tokens_of_the_passage(bench, tiny):
@@ -109,7 +112,7 @@ def test_prompts_are_exactly_n_tokens_of_the_passage(bench, tiny):
 def test_markdown_table_and_figure(run, bench):
     out, report = run
     md = (out / "results.md").read_text()
-    assert "| model | tokens | case |" in md and "a/d time" in md
+    assert "| model | tokens | case |" in md and "a/d time" in md and "| a/(d+f) |" in md
     for n in TOKENS:
         for case, label in bench.CASES.items():
             assert f"| tiny-llama | {n} | {case} {label} |" in md
