@@ -36,12 +36,13 @@ def compact_bpe_merges(tokenizer_json: Path) -> bool:
 
     text = tokenizer_json.read_text(encoding="utf-8")
     spec = json.loads(text)
-    merges = spec.get("model", {}).get("merges")
-    if spec["model"].get("type") != "BPE" or not merges or not isinstance(merges[0], list):
+    model = spec.get("model", {})
+    merges = model.get("merges")
+    if model.get("type") != "BPE" or not merges or not isinstance(merges[0], list):
         return False
     if any(" " in part for pair in merges for part in pair):
         return False
-    spec["model"]["merges"] = [f"{left} {right}" for left, right in merges]
+    model["merges"] = [f"{left} {right}" for left, right in merges]
     compact = json.dumps(spec, ensure_ascii=False)
     if Tokenizer.from_str(compact).to_str() != Tokenizer.from_str(text).to_str():
         return False
