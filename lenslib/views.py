@@ -48,10 +48,15 @@ class LensView(RenderedHTML):
 
     Attributes:
         local_src: the HTML fragment (a ``div`` and a ``script``); also ``cdn_src``.
+        summary: what the view shows, in words; the plain-text form where HTML does not render.
     """
 
-    def __init__(self, html: str):
+    def __init__(self, html: str, summary: str = "a circuitsvis view"):
         self.local_src = self.cdn_src = html
+        self.summary = summary
+
+    def __repr__(self) -> str:
+        return f"<lenslib view: {self.summary}. Interactive where HTML renders; .document() gives a page>"
 
     def _repr_html_(self) -> str:
         return self.local_src
@@ -85,6 +90,7 @@ def next_token_prob_view(result: LensResult) -> LensView:
     values = result.target_prob[:, cols].T.double()  # [pos, layer]
     return _render(
         "ColoredTokensMulti",
+        f"each of {len(cols)} tokens coloured by the probability each of {result.n_layers} layers gave it",
         tokens=[_token(result.target_tokens[c]) for c in cols],
         values=values.tolist(),
         labels=list(result.layer_labels),
@@ -120,6 +126,7 @@ def layer_log_probs_view(result: LensResult, layer: Union[int, str] = -1) -> Len
     prompt = [result.str_tokens[p] for p in pos] + [result.target_tokens[cols[-1]]]
     return _render(
         "TokenLogProbs",
+        f"{len(cols)} tokens coloured by their log-probability at layer {result.layer_labels[l]}",
         prompt=[_token(t) for t in prompt],
         topKLogProbs=result.top_probs[l, cols].double().log().clamp(min=-1e4).tolist(),
         topKTokens=[[_token(t) for t in result.top_tokens[l][c]] for c in cols],
@@ -152,6 +159,7 @@ def topk_view(result: LensResult) -> LensView:
         top_idxs.append([index.T.tolist()])
     return _render(
         "TopkTokens",
+        f"top-{k} next tokens of {n_layer} layers at {n_pos} position(s)",
         tokens=tokens,
         topkVals=top_vals,
         topkIdxs=top_idxs,
@@ -221,12 +229,13 @@ def _script_json(props: dict) -> str:
     return text
 
 
-def _render(component: str, **props) -> LensView:
+def _render(component: str, summary: str, **props) -> LensView:
     """Like circuitsvis.utils.render.render_local, with script-safe props and no CDN copy."""
     element = f"circuits-vis-{uuid.uuid4().hex[:13]}"
     return LensView(
         f'<div id="{element}" style="margin: 15px 0;"></div>\n'
         f'<script crossorigin type="module">\n{_bundle()}\n'
         f'CircuitsVis.render("{element}", CircuitsVis.{component}, {_script_json(props)});\n'
-        "</script>"
+        "</script>",
+        summary,
     )

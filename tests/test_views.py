@@ -152,3 +152,13 @@ def test_views_render_without_running_token_code(hostile):
     assert len(rendered) == 3  # React drew all three views from the inlined bundle, offline
     assert '<img src="x"' not in dom
     assert "&lt;img/src=" in dom  # the token is on the page as text
+
+
+def test_views_say_what_they_show_in_plain_text(result):
+    """Where HTML does not render (a code host, a terminal), the view still says what it is."""
+    assert repr(next_token_prob_view(result)).startswith(
+        "<lenslib view: each of 11 tokens coloured by the probability each of 3 layers gave it."
+    )
+    assert "at layer final_post" in repr(layer_log_probs_view(result, -1))
+    assert "top-3 next tokens of 3 layers at 12 position(s)" in repr(topk_view(result))
+    assert " at 0x" not in repr(topk_view(result))
