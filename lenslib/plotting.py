@@ -301,6 +301,8 @@ def recall_trajectories(run: "RecallRun", *, stat: str = "prob", by_relation: bo
     y_title = "probability of the answer" if stat == "prob" else "rank of the answer (1 = top)"
     default = f"The answer's {'probability' if stat == 'prob' else 'rank'} across layers (median, IQR band)"
     _finish(fig, title or default, "layer", y_title, log_y=stat == "rank")
+    n_groups = len(dict.fromkeys(groups))
+    fig.update_layout(height=max(500, 260 + 32 * n_groups))  # the static image keeps every legend entry
     return fig
 
 

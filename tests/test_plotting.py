@@ -260,3 +260,23 @@ def test_static_png_export(monkeypatch, result):
     assert pio.renderers.default == "plotly_mimetype+png"
     png = lens_grid(result).to_image(format="png")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recall_trajectories_keep_every_legend_entry_in_the_static_image():
+    """Eleven relations once lost the last legend entry in the PNG (the figure was too short)."""
+    import pandas as pd
+    import torch
+
+    from lenslib.plotting import recall_trajectories
+    from lenslib.recall import RecallRun
+
+    relations = [f"relation_{i}" for i in range(11)]
+    table = pd.DataFrame({"relation": [r for r in relations for _ in range(2)]})
+    run = RecallRun(items=[], table=table, ranks=torch.ones(22, 4, dtype=torch.long),
+                    probs=torch.rand(22, 4, generator=torch.Generator().manual_seed(0)),
+                    layer_labels=["0_pre", "1_pre", "2_pre", "final_post"])
+    fig = recall_trajectories(run, stat="prob")
+    legend = [t.name for t in fig.data if t.showlegend is not False]
+    assert [n.split(" (")[0] for n in legend] == relations
+    assert fig.layout.height >= 260 + 32 * len(relations)
+    assert recall_trajectories(run, stat="rank", by_relation=False).layout.height == 500
