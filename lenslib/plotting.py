@@ -259,6 +259,7 @@ def stat_profile(
     *,
     reduce: str = "mean",
     position: int = -1,
+    log_y: bool = False,
     title: Optional[str] = None,
 ) -> "go.Figure":
     """Mean (or median) entropy or KL to the final layer per relative depth, one line per model.
@@ -268,6 +269,8 @@ def stat_profile(
         stat: ``"entropy"`` or ``"kl_to_final"`` (both in nats).
         reduce: ``"mean"`` or ``"median"`` over the results of a model.
         position: which chosen position of each result to read (default the last).
+        log_y: a logarithmic y axis, for KL, which spans orders of magnitude (the final layer's
+            KL, 0 by definition, then falls off the axis).
         title: figure title.
     """
     y_title = _choice(stat, PROFILE_STATS, "stat")
@@ -276,7 +279,7 @@ def stat_profile(
         m: np.stack([getattr(r, stat)[:, _column(r, position)].double().numpy() for r in rs])
         for m, rs in _by_model(results_by_model)
     }
-    return _depth_figure(results_by_model, curves, reduce, y_title, False,
+    return _depth_figure(results_by_model, curves, reduce, y_title, log_y,
                          title if title is not None else f"{reduce.capitalize()} {y_title} by relative depth")
 
 

@@ -235,6 +235,8 @@ def test_stat_profile(tiny, prompts):
     kl = np.stack([r.kl_to_final[:, 0].numpy() for r in many])
     np.testing.assert_allclose(med.data[-1].y, np.median(kl, axis=0), rtol=1e-5)
     assert med.data[-1].y[-1] == 0.0
+    assert med.layout.yaxis.type != "log"
+    assert stat_profile({"tiny": many}, "kl_to_final", log_y=True).layout.yaxis.type == "log"
     with pytest.raises(ValueError, match="'entropy', 'kl_to_final'"):
         stat_profile({"tiny": many}, "prob")
     with pytest.raises(ValueError, match="reduce"):
