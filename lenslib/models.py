@@ -193,10 +193,12 @@ def load_model(
     if name == TINY_MODEL_NAME:
         from lenslib.random_models import tiny_model
 
-        return tiny_model(device=device, dtype=dtype)
-    if name in BUNDLED:
-        return _load_bundled(BUNDLED[name], device=device, dtype=dtype)
-    return _load_from_hub(name, device=device, dtype=dtype)
+        model = tiny_model(device=device, dtype=dtype)
+    elif name in BUNDLED:
+        model = _load_bundled(BUNDLED[name], device=device, dtype=dtype)
+    else:
+        model = _load_from_hub(name, device=device, dtype=dtype)
+    return model.eval()  # TransformerLens's own analysis tools refuse a model in training mode
 
 
 def _names() -> str:

@@ -50,9 +50,11 @@ def _assert_same_lens(fast, slow, k_checked=3):
         if j > 0:
             separated &= (probs[..., j - 1] - probs[..., j]).abs() > 1e-5
         assert torch.equal(fast.top_ids[..., j][separated], slow.top_ids[..., j][separated])
-    ranks_differ = fast.target_rank != slow.target_rank
-    # a rank can only move where the target's probability ties a neighbour's to fp32 rounding
-    assert ranks_differ.float().mean() < 0.01
+    # a rank moves only where the target's logit ties another's to fp32 rounding: by one, deep in
+    # a 262k vocabulary (seen on Gemma: 397 against 398, 99869 against 99868), never near the top
+    moved = (fast.target_rank - slow.target_rank).abs()
+    assert int(moved.max()) <= 1
+    assert (moved[slow.target_rank <= 10] == 0).all()
 
 
 def test_tiny_residual_stream_matches_the_bridge(tiny):
