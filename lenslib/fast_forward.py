@@ -69,7 +69,8 @@ def sdpa_unavailable_reason(model: "TransformerBridge", names: Sequence[str]) ->
     if getattr(model, "compatibility_mode", False) or getattr(model, "_weights_processed", False):
         return "the bridge's weights were processed (compatibility mode), so its residual stream is not the model's"
     device_map = getattr(hf_model, "hf_device_map", None) or {}
-    if len(set(device_map.values())) > 1:
+    devices = {str(t.device) for t in hf_model.parameters()}
+    if len(set(device_map.values())) > 1 or len(devices) > 1:
         return "the model is dispatched over several devices (device_map)"
     bad = [n for n in names if not _is_residual_hook(n, int(model.cfg.n_layers))]
     if bad:
