@@ -205,3 +205,20 @@ def test_cases_compute_what_the_lens_computes(bench, tiny):
     torch.testing.assert_close(small.view(6, 3, 64).transpose(0, 1), unembedded[:, 14:], atol=1e-5, rtol=1e-5)
     assert narrow.shape == (3, 16)  # the last tile: position 19, columns 48-63
     torch.testing.assert_close(narrow, unembedded[:, 19, 48:], atol=1e-5, rtol=1e-5)
+
+
+def test_tl_agreement_against_float64_on_the_tiny_model(tmp_path):
+    """bench/tl_agreement.py: each lens's error against float64 from Hugging Face alone."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tl_agreement", BENCH.parent / "tl_agreement.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--model", "tiny-llama", "--positions", "20", "--out", str(tmp_path)])
+    assert report["layers"] == 3 and report["ranks_compared"] == 3 * 19
+    assert [r["lens"] for r in report["errors_against_float64"]] == [
+        "lenslib (forward=sdpa)", "lenslib (forward=bridge)", "TransformerLens tools.analysis.logit_lens"]
+    for row in report["errors_against_float64"]:
+        assert 0 < row["entropy_max_abs_err_nats"] < 1e-4  # fp32 against float64: small, not zero
+        assert row["rank_differs_from_float64"] == 0 and row["top1_differs_from_float64"] == 0
+    assert "| lenslib (forward=sdpa) |" in (tmp_path / "tl_agreement.md").read_text()
