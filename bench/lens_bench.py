@@ -36,6 +36,7 @@ PNG can be rendered) into ``--out``.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -95,6 +96,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's own choice; 1 with --tiny)")
     parser.add_argument("--no-plot", action="store_true", help="skip the figures")
+    parser.add_argument("--append", action="store_true",
+                        help="add to the results.json already in --out (a run done in parts: each "
+                             "part's machine, settings and load are kept under 'runs')")
     args = parser.parse_args(argv)
     preset = TINY if args.tiny else DEFAULTS
     args.models = [m.strip() for m in (args.models or preset["models"]).split(",") if m.strip()]
@@ -172,6 +176,18 @@ def run(args: argparse.Namespace) -> dict:
         "ratios": [],
         "agreement": [],
     }
+    this_run = {k: report[k] for k in ("command", "machine", "settings", "cases")}
+    report["runs"] = [this_run]
+    previous = out_dir / "results.json"
+    if args.append and previous.exists():
+        earlier = json.loads(previous.read_text(encoding="utf-8"))
+        report["runs"] = earlier.get("runs") or [{k: earlier[k] for k in this_run if k in earlier}]
+        report["runs"].append(this_run)
+        for key in ("results", "ratios", "agreement"):
+            report[key] = earlier.get(key, [])
+        report["text"]["per_prompt"] = earlier["text"]["per_prompt"]
+        report["forward_paths"] = earlier.get("forward_paths", {})
+        report["cases"] = {**earlier.get("cases", {}), **report["cases"]}
     # Every model stays loaded and the lengths are the outer loop: a run cut short still has
     # every model at the shorter lengths.
     loaded = {}

@@ -148,8 +148,16 @@ def markdown(report: dict) -> str:
             f"{p['model']} {p['tokens']} tokens ({p['passage_copies']} copies)" for p in repeated) + ".")
     if report.get("plot"):
         lines += ["", f"Figure: {report['plot']['message']}"]
+    if len(report.get("runs", [])) > 1:
+        lines += ["", f"Done in {len(report['runs'])} parts (one process each; every model and length "
+                  "lies within one part, so each ratio compares cases from one process):"]
+        for part in report["runs"]:
+            pm, ps = part["machine"], part["settings"]
+            lines.append(f"- `{part['command']}`: {ps['models']} at {ps['tokens']} tokens, cases "
+                         f"{', '.join(ps.get('cases_run', []))}, {pm['torch_threads']} torch thread(s), "
+                         f"load average at start {pm.get('load_average_at_start')}.")
     if report.get("total_seconds"):
-        lines += ["", f"Whole run: {report['total_seconds']:.0f} s, command `{report.get('command', '')}`."]
+        lines += ["", f"Last part: {report['total_seconds']:.0f} s, command `{report.get('command', '')}`."]
     return "\n".join(lines) + "\n"
 
 

@@ -222,3 +222,14 @@ def test_tl_agreement_against_float64_on_the_tiny_model(tmp_path):
         assert 0 < row["entropy_max_abs_err_nats"] < 1e-4  # fp32 against float64: small, not zero
         assert row["rank_differs_from_float64"] == 0 and row["top1_differs_from_float64"] == 0
     assert "| lenslib (forward=sdpa) |" in (tmp_path / "tl_agreement.md").read_text()
+
+
+def test_append_adds_a_part_and_keeps_each_parts_machine(bench, tmp_path):
+    first = ["--tiny", "--tokens", "8", "--reps", "1", "--out", str(tmp_path), "--no-plot", "--cases", "a,d"]
+    bench.main(first)
+    report = bench.main(["--tiny", "--tokens", "12", "--reps", "1", "--out", str(tmp_path), "--no-plot",
+                         "--cases", "a,b", "--append"])
+    assert [(r["tokens"], r["case"]) for r in report["results"]] == [(8, "a"), (8, "d"), (12, "a"), (12, "b")]
+    assert [r["tokens"] for r in report["ratios"]] == [8, 12]
+    assert [part["settings"]["tokens"] for part in report["runs"]] == [[8], [12]]
+    assert "Done in 2 parts" in (tmp_path / "results.md").read_text()
