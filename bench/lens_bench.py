@@ -183,9 +183,15 @@ def run(args: argparse.Namespace) -> dict:
         earlier = json.loads(previous.read_text(encoding="utf-8"))
         report["runs"] = earlier.get("runs") or [{k: earlier[k] for k in this_run if k in earlier}]
         report["runs"].append(this_run)
+        # a model and length measured again replaces the earlier measurement (said in 'runs')
+        again = {(m, n) for m in args.models for n in args.tokens}
+        old = lambda rows: [r for r in rows if (r["model"], r["tokens"]) not in again]  # noqa: E731
+        replaced = sorted({(r["model"], r["tokens"]) for r in earlier.get("results", [])} & again)
+        if replaced:
+            this_run["replaces"] = [f"{m} at {n} tokens" for m, n in replaced]
         for key in ("results", "ratios", "agreement"):
-            report[key] = earlier.get(key, [])
-        report["text"]["per_prompt"] = earlier["text"]["per_prompt"]
+            report[key] = old(earlier.get(key, []))
+        report["text"]["per_prompt"] = old(earlier["text"]["per_prompt"])
         report["forward_paths"] = earlier.get("forward_paths", {})
         report["cases"] = {**earlier.get("cases", {}), **report["cases"]}
     # Every model stays loaded and the lengths are the outer loop: a run cut short still has

@@ -155,7 +155,9 @@ def markdown(report: dict) -> str:
             pm, ps = part["machine"], part["settings"]
             lines.append(f"- `{part['command']}`: {ps['models']} at {ps['tokens']} tokens, cases "
                          f"{', '.join(ps.get('cases_run', []))}, {pm['torch_threads']} torch thread(s), "
-                         f"load average at start {pm.get('load_average_at_start')}.")
+                         f"load average at start {pm.get('load_average_at_start')}"
+                         + (f"; replaces the earlier {', '.join(part['replaces'])}" if part.get("replaces") else "")
+                         + (f"; {part['note']}" if part.get("note") else "") + ".")
     if report.get("total_seconds"):
         lines += ["", f"Last part: {report['total_seconds']:.0f} s, command `{report.get('command', '')}`."]
     return "\n".join(lines) + "\n"

@@ -233,3 +233,8 @@ def test_append_adds_a_part_and_keeps_each_parts_machine(bench, tmp_path):
     assert [r["tokens"] for r in report["ratios"]] == [8, 12]
     assert [part["settings"]["tokens"] for part in report["runs"]] == [[8], [12]]
     assert "Done in 2 parts" in (tmp_path / "results.md").read_text()
+    again = bench.main(["--tiny", "--tokens", "8", "--reps", "1", "--out", str(tmp_path), "--no-plot",
+                        "--cases", "a,g", "--append"])
+    assert [(r["tokens"], r["case"]) for r in again["results"]] == [(12, "a"), (12, "b"), (8, "a"), (8, "g")]
+    assert again["runs"][-1]["replaces"] == ["tiny-llama at 8 tokens"]
+    assert "replaces the earlier tiny-llama at 8 tokens" in (tmp_path / "results.md").read_text()
