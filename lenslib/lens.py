@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from lenslib.fast_forward import FORWARD_CHOICES, residual_cache
 from lenslib.lens_result import LensResult
 from lenslib.lens_stats import DEFAULT_CHUNK_BYTES, lens_stats
 
@@ -41,6 +42,7 @@ def logit_lens(
     prepend_bos: Optional[bool] = None,
     batch_size: int = 16,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    forward: str = "auto",
 ) -> Union[LensResult, list[LensResult]]:
     """Run the model once and decode every layer at the chosen positions.
 
@@ -68,6 +70,12 @@ def logit_lens(
         prepend_bos: prepend BOS; ``None`` uses the model's default (TransformerLens prepends).
         batch_size: prompts per forward pass when ``prompt`` is a list.
         chunk_bytes: memory budget for one tile of fp32 logits (16 MiB: it stays in cache).
+        forward: how the residual stream is computed (see :mod:`lenslib.fast_forward`).
+            ``"auto"`` (default): the Hugging Face decoder layers with SDPA attention where that
+            reproduces the bridge's hooks exactly (verified architectures, no hooks attached,
+            weights unprocessed), else ``model.run_with_cache``; ``"sdpa"``: that path or an
+            error; ``"bridge"``: always ``run_with_cache`` (eager attention, the reference).
+            ``LensResult.forward_path`` says which ran.
 
     Returns:
         A :class:`LensResult` (a list of them when ``prompt`` is a list). Shapes ``[layer, pos]``
@@ -84,6 +92,8 @@ def logit_lens(
         raise ValueError(f"k must be an int in [1, {d_vocab}] (the vocabulary size), got {k!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if forward not in FORWARD_CHOICES:
+        raise ValueError(f"forward must be one of {FORWARD_CHOICES}, got {forward!r}")
 
     tokens = [_tokenize(model, p, prepend_bos) for p in prompts]
     chosen = [_resolve_positions(positions, len(t)) for t in tokens]
@@ -95,7 +105,7 @@ def logit_lens(
         stop = start + batch_size
         results += _lens_batch(
             model, tokens[start:stop], chosen[start:stop], target_ids[start:stop],
-            targets[start:stop], k=k, incl_mid=incl_mid, chunk_bytes=chunk_bytes,
+            targets[start:stop], k=k, incl_mid=incl_mid, chunk_bytes=chunk_bytes, forward=forward,
         )
     return results[0] if isinstance(prompt, str) else results
 
@@ -226,7 +236,7 @@ def _forward_kwargs(model) -> dict:
 
 
 @torch.no_grad()
-def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chunk_bytes):
+def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chunk_bytes, forward="auto"):
     device = model.W_U.device
     lengths = [t.numel() for t in tokens]
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
@@ -238,12 +248,13 @@ def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chun
     pos_slice = None
     if len(tokens) == 1 and chosen[0].numel() == 1:
         pos_slice = int(chosen[0][0])  # cache one position only: the cheapest "last" lens
-    _, cache = model.run_with_cache(
+    cache, forward_path = residual_cache(
+        model,
         batch.to(device),
+        _residual_hooks(int(model.cfg.n_layers), incl_mid),
         attention_mask=mask.to(device),
-        names_filter=_residual_hooks(int(model.cfg.n_layers), incl_mid),
         pos_slice=pos_slice,
-        **_forward_kwargs(model),
+        forward=forward,
     )
     stack, labels = cache.accumulated_resid(apply_ln=True, incl_mid=incl_mid, return_labels=True)
     del cache
@@ -284,6 +295,7 @@ def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chun
                 target_tokens=[decode.one(t) if t >= 0 else "" for t in tgt_ids.tolist()],
                 target_label="next token" if tgt is None else repr(decode.one(int(tgt_ids[0]))),
                 model_name=str(getattr(model.cfg, "model_name", "")),
+                forward_path=forward_path,
             )
         )
     return results

@@ -37,6 +37,9 @@ class LensResult:
         target_rank: ``[layer, pos]`` its rank, 1 = top-1 (0 where there is no target).
         target_tokens: the tracked token's string per position ("" where there is none).
         target_label: how the target was chosen (``"next token"`` or the token's string).
+        forward_path: which forward pass gave the residual stream: ``"sdpa"`` (the Hugging Face
+            decoder layers with fused attention, :mod:`lenslib.fast_forward`) or ``"bridge"``
+            (``run_with_cache``, the bridge's eager attention).
     """
 
     input_ids: Int[Tensor, "n_tokens"]
@@ -55,6 +58,7 @@ class LensResult:
     target_tokens: list[str]
     target_label: str = "next token"
     model_name: str = field(default="", repr=False)
+    forward_path: str = field(default="bridge", repr=False)
 
     @property
     def n_layers(self) -> int:

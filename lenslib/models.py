@@ -170,7 +170,12 @@ def default_device() -> str:
 
 
 def load_model(
-    name: str, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+    name: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    device_map: str | dict | None = None,
+    n_devices: int | None = None,
 ) -> "TransformerBridge":
     """Load a model as a ``TransformerBridge`` ready for ``run_with_cache``.
 
@@ -179,7 +184,12 @@ def load_model(
             :func:`list_models`), ``"tiny-llama"`` (a 2-layer random model for tests and
             demos), or any name ``TransformerBridge.boot_transformers`` accepts (needs the hub).
         device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available, else CPU.
-        dtype: weight dtype, e.g. ``torch.float32`` (default) or ``torch.bfloat16``.
+        dtype: weight dtype, e.g. ``torch.float32`` (default) or ``torch.bfloat16`` (half the
+            memory; the lens still reduces its statistics in float32, see :mod:`lenslib.lens_stats`).
+        device_map: a Hugging Face device map (``"auto"``, ``"balanced"``, or a dict such as
+            ``{"": "cuda:0"}``) to spread a model too large for one GPU over several; not with
+            ``device``. See :mod:`lenslib.placement`.
+        n_devices: split the model over this many CUDA devices (accelerate's balanced map).
 
     Raises:
         ModelNotAvailableError: a bundled model's package is missing, or a hub name cannot be
@@ -189,14 +199,20 @@ def load_model(
     warnings.filterwarnings("ignore", message="IProgress not found")
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}; try {_names()}")
-    device = str(device) if device is not None else default_device()
+    from lenslib.placement import resolve_placement
+
+    placement = resolve_placement(device, device_map, n_devices)
     if name == TINY_MODEL_NAME:
         from lenslib.random_models import tiny_model
 
-        return tiny_model(device=device, dtype=dtype)
-    if name in BUNDLED:
-        return _load_bundled(BUNDLED[name], device=device, dtype=dtype)
-    return _load_from_hub(name, device=device, dtype=dtype)
+        if placement.device_map is not None:
+            raise ValueError("tiny-llama is built in memory on one device: pass device=..., not device_map / n_devices")
+        model = tiny_model(device=placement.device, dtype=dtype)
+    elif name in BUNDLED:
+        model = _load_bundled(BUNDLED[name], placement=placement, dtype=dtype)
+    else:
+        model = _load_from_hub(name, placement=placement, dtype=dtype)
+    return model.eval()  # TransformerLens's own analysis tools refuse a model in training mode
 
 
 def _names() -> str:
@@ -253,7 +269,7 @@ def _dequantise(model: BundledModel, out: Path) -> dict:
     }
 
 
-def _load_bundled(model: BundledModel, *, device: str, dtype: torch.dtype) -> "TransformerBridge":
+def _load_bundled(model: BundledModel, *, placement, dtype: torch.dtype) -> "TransformerBridge":
     directory = hf_model_dir(model.name)  # de-quantises on the first load, else checks the cache
     # Loading allocates millions of objects (imports, the tokenizer, TransformerLens's hook
     # scan) and frees almost none; the collector's full passes over them are pure overhead.
@@ -266,12 +282,15 @@ def _load_bundled(model: BundledModel, *, device: str, dtype: torch.dtype) -> "T
         bars_were_on = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # reading cached safetensors takes a second: no bar
         try:
-            hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                directory, dtype=dtype, **placement.from_pretrained_kwargs()
+            )
         finally:
             if bars_were_on:  # leave the user's own setting as it was
                 hf_logging.enable_progress_bar()
         return TransformerBridge.boot_transformers(
-            model.hub_name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+            model.hub_name, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype,
+            **placement.boot_kwargs(preloaded=True),
         )
 
 
@@ -308,7 +327,7 @@ def _in_local_hub_cache(name: str) -> bool:
     return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
-def _load_from_hub(name: str, *, device: str, dtype: torch.dtype) -> "TransformerBridge":
+def _load_from_hub(name: str, *, placement, dtype: torch.dtype) -> "TransformerBridge":
     if not _in_local_hub_cache(name) and not hub_is_reachable():
         raise ModelNotAvailableError(
             f"{name!r} is not a bundled model, so it would come from the Hugging Face hub, "
@@ -318,7 +337,7 @@ def _load_from_hub(name: str, *, device: str, dtype: torch.dtype) -> "Transforme
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+        return TransformerBridge.boot_transformers(name, dtype=dtype, **placement.boot_kwargs(preloaded=False))
     except OSError as error:
         raise ModelNotAvailableError(
             f"Could not load {name!r} from the Hugging Face hub: {error}\n"

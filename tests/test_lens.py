@@ -158,17 +158,25 @@ def test_output_transform_identity_takes_the_fast_path_and_softcap_is_applied(ti
     assert capped.entropy.max() <= math.log(64)
 
 
-def test_bfloat16_model_gives_float32_statistics_close_to_fp32(result):
-    from lenslib.random_models import tiny_model
+@pytest.mark.parametrize("forward", ["bridge", "sdpa"])
+def test_bfloat16_model_gives_float32_statistics_close_to_fp32(result, forward):
+    from lenslib.random_models import tiny_hf_model, tiny_model
 
     bf16 = tiny_model(dtype=torch.bfloat16)
     assert bf16.W_U.dtype == torch.bfloat16
-    got = lenslib.logit_lens(bf16, PROMPT, k=5)
+    got = lenslib.logit_lens(bf16, PROMPT, k=5, forward=forward)
+    assert got.forward_path == forward
     assert got.entropy.dtype == torch.float32 and got.top_probs.dtype == torch.float32
     assert (got.kl_to_final[-1] == 0).all() and (got.kl_to_final >= 0).all()
-    # the last layer is the bf16 model's own prediction
+    # the last layer is the bf16 model's own prediction, computed the same way: the bridge's
+    # eager forward, or Hugging Face's own model with SDPA attention (bf16 rounds them apart)
     with torch.no_grad():
-        own = bf16(got.input_ids.view(1, -1))[0].float().log_softmax(-1)
+        if forward == "bridge":
+            own = bf16(got.input_ids.view(1, -1))[0].float().log_softmax(-1)
+        else:
+            hf = tiny_hf_model(seed=0)[0].to(torch.bfloat16)
+            hf.set_attn_implementation("sdpa")
+            own = hf(got.input_ids.view(1, -1)).logits[0].float().log_softmax(-1)
     assert torch.equal(got.top_ids[-1, :, 0], own.argmax(-1))
     torch.testing.assert_close(got.top_probs[-1], own.gather(-1, got.top_ids[-1]).exp(), atol=1e-2, rtol=0)
     # bf16 carries ~3 significant digits; on this model's large logits that moves entropies by
