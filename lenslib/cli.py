@@ -147,7 +147,7 @@ def _lens(args) -> int:
 
 def _recall(args) -> int:
     from lenslib.recall import run_recall
-    from lenslib.recall_data import load_recall_dataset, single_token_items
+    from lenslib.recall_data import load_recall_dataset, single_token_flags
     from lenslib.report import recall_report, recall_summary
 
     if args.limit is not None and args.limit < 1:
@@ -158,7 +158,7 @@ def _recall(args) -> int:
         raise UsageError(f"lenslib recall: {error}") from None
     _check_writable(args.out / "summary.json")
     model = _load(args.model)
-    usable = single_token_items(items, model)
+    usable = list(items)
     if args.limit:
         kept, seen = [], {}
         for item in usable:
@@ -166,9 +166,9 @@ def _recall(args) -> int:
             if seen[item.relation] <= args.limit:
                 kept.append(item)
         usable = kept
-    if not usable:
-        raise UsageError("lenslib recall: no item has a single-token answer for this model")
-    print(f"{len(usable)} of {len(items)} prompts have a single-token answer for {args.model}")
+    several = single_token_flags(usable, model).count(False)
+    print(f"{len(usable)} prompts; {several} answers of several tokens for {args.model} are "
+          "tracked as their joint probability")
     run = run_recall(model, usable, progress=True)
     summary, by_relation = recall_summary(run)
     _write_atomic(args.out / "summary.json", json.dumps(summary, indent=1))
