@@ -92,6 +92,22 @@ class Attribution:
                 out[layer, 0 if kind == "attn" else 1] += value
         return out
 
+    def to_frame(self):
+        """A ``pandas.DataFrame``: one row per component (``label``, ``layer``, ``kind``,
+        ``contribution``)."""
+        import pandas as pd
+
+        return pd.DataFrame({"label": self.labels, "layer": self.layer, "kind": self.kind,
+                             "contribution": self.contributions.tolist()})
+
+    def to_dict(self) -> dict:
+        """Every field as plain Python values, for JSON (with the linearisation stated)."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["contributions"] = self.contributions.tolist()
+        out["residual"] = self.residual
+        out["linearisation"] = LINEARISATION
+        return out
+
     def __repr__(self) -> str:
         what = repr(self.target_token) + (f" - {self.versus_token!r}" if self.versus_token else "")
         tops = ", ".join(f"{label} {value:+.2f}" for label, value in self.top(5))

@@ -64,6 +64,26 @@ class PatchResult:
     versus_token: Optional[str] = None
     model_name: str = field(default="", repr=False)
 
+    def to_frame(self):
+        """A tidy ``pandas.DataFrame``: one row per layer x position (``layer_label``,
+        ``position``, ``clean_token``, ``corrupt_token``, ``metric``, ``restored``)."""
+        import pandas as pd
+
+        rows = []
+        for i, label in enumerate(self.layer_labels):
+            for j, pos in enumerate(self.positions.tolist()):
+                rows.append({"layer": i, "layer_label": label, "position": pos,
+                             "clean_token": self.clean_tokens[pos], "corrupt_token": self.corrupt_tokens[pos],
+                             "metric": float(self.metric[i, j]), "restored": float(self.restored[i, j])})
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict:
+        """Every field as plain Python values, for JSON."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in ("restored", "metric", "positions"):
+            out[name] = out[name].tolist()
+        return out
+
     def best(self) -> tuple[str, int, float]:
         """``(layer label, position, restored fraction)`` of the patch that restores most."""
         flat = int(self.restored.argmax())
