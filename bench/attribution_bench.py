@@ -9,9 +9,10 @@ Per model, in one process:
          interleaved repetitions (target <= 1.5x)
   patch  ``patch_layers`` on a clean/corrupt pair of exactly ``--tokens`` tokens (BOS included),
          every layer x every position: wall time and peak memory (target, Gemma, 16 tokens:
-         <= 90 s, <= 1.5 GB). Memory is the process's peak resident set during the call
+         <= 90 s, <= 1.5 GB); run first, right after loading the model. Memory is the process's peak resident set during the call
          (VmHWM, reset through ``/proc/self/clear_refs`` just before), model weights included,
-         and its rise over the resident set before the call.
+         and its rise over the resident set before the call, measured after one plain forward
+         pass (the weights are memory-mapped and only resident once used).
 
 The machine is shared: the load average before and after each case is printed with it.
 
@@ -112,6 +113,8 @@ def patching(model, name: str, n_tokens: int, batch_size: int) -> dict:
     from lenslib.patching import patch_layers
 
     clean, corrupt, answer, versus = _pair(model, name, n_tokens)
+    with torch.no_grad():  # one plain forward first: the weights are paged in (mmap) on first use
+        model(model.to_tokens(clean))
     rss_before = _status_kb("VmRSS") * 1024
     can_reset = _reset_peak()
     load_before = _load()
@@ -146,19 +149,19 @@ def main(argv: Optional[list[str]] = None) -> dict:
     report = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "models": {}}
     for name in args.models.split(","):
         model = lenslib.load_model(name)
-        row = {"sum_check": sum_check(model, name)}
+        row = {"patching": patching(model, name, args.tokens, args.batch_size)}  # first: memory after loading only
+        p = row["patching"]
+        peak = "n/a" if p["peak_rss_gb"] is None else f"{p['peak_rss_gb']:.2f} GB"
+        print(f"{name}: patching {p['layers_x_positions'][0]} layers x {p['layers_x_positions'][1]} positions "
+              f"in {p['seconds']:.1f} s, peak RSS {peak} (before {p['rss_before_gb']:.2f} GB), "
+              f"load average {p['load_before']} -> {p['load_after']}; best patch {p['best_patch']}", flush=True)
+        row["sum_check"] = sum_check(model, name)
         print(f"{name}: sum check, max relative residual over {row['sum_check']['prompts']} prompts: "
               f"{row['sum_check']['max_relative_residual']:.2e} (target <= 1e-4)", flush=True)
         row["attribution_vs_lens"] = attribution_vs_lens(model, args.reps)
         a = row["attribution_vs_lens"]
         print(f"{name}: attribute {a['attribute_s']:.3f} s, lens positions='last' {a['lens_last_s']:.3f} s, "
               f"ratio {a['ratio']:.2f} (target <= 1.5; median of {a['reps']})", flush=True)
-        row["patching"] = patching(model, name, args.tokens, args.batch_size)
-        p = row["patching"]
-        peak = "n/a" if p["peak_rss_gb"] is None else f"{p['peak_rss_gb']:.2f} GB"
-        print(f"{name}: patching {p['layers_x_positions'][0]} layers x {p['layers_x_positions'][1]} positions "
-              f"in {p['seconds']:.1f} s, peak RSS {peak} (before {p['rss_before_gb']:.2f} GB), "
-              f"load average {p['load_before']} -> {p['load_after']}; best patch {p['best_patch']}", flush=True)
         report["models"][name] = row
         del model
     args.out.mkdir(parents=True, exist_ok=True)
