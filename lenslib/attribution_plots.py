@@ -48,10 +48,10 @@ def contributions_figure(result: "Attribution", *, top: int = 5) -> "go.Figure":
         f" − {clean_token(result.versus_token)}" if result.versus_token else "")
     tops = ", ".join(f"{label} {value:+.2f}" for label, value in result.top(top))
     fig.update_layout(
-        template=TEMPLATE, barmode="group",
-        title=(f"Direct logit attribution of {what} (total {result.total:.2f} = embeddings "
-               f"{embed:+.2f} + blocks + constant {result.constant:+.2f})<br>"
-               f"<sup>top: {tops}; {LINEARISATION}</sup>"),
+        template=TEMPLATE, barmode="group", margin_t=110,
+        title=(f"Direct logit attribution of {what}: total {result.total:.2f}<br>"
+               f"<sup>= embeddings {embed:+.2f} + blocks + constant {result.constant:+.2f}; "
+               f"{LINEARISATION}<br>top: {tops}</sup>"),
         xaxis_title="block", yaxis_title="contribution to the logit" + (" difference" if result.versus_token else ""),
         legend_title_text="component",
     )
@@ -85,9 +85,9 @@ def patching_heatmap(result: "PatchResult", *, restored: bool = True) -> "go.Fig
         f" vs {clean_token(result.versus_token)}" if result.versus_token else "")
     fig.update_layout(
         template=TEMPLATE,
-        title=(f"Patching the clean residual stream into the corrupt run: {metric} of {what}<br>"
+        title=(f"Patching clean into corrupt: {metric}, {what}<br>"
                f"<sup>clean {result.clean_value:.3g}, corrupt {result.corrupt_value:.3g}; "
-               "one layer × position patched per run</sup>"),
+               "residual stream, one layer × position patched per run</sup>"),
         xaxis_title="position (clean / corrupt token)", yaxis_title="layer (stream entering block)",
         yaxis_autorange="reversed",
     )
