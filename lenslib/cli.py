@@ -12,7 +12,11 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+import warnings
 from typing import Callable, Optional
+
+from lenslib.cli_attribution import EXAMPLES as ATTRIBUTION_EXAMPLES
+from lenslib.cli_attribution import add_arguments as add_attribution_arguments
 
 DEFAULT_MODEL = "gemma-3-270m"
 
@@ -27,6 +31,7 @@ EXAMPLES = {
         "  lenslib recall --out recall-gemma\n"
         "  lenslib recall --model smollm2-135m --relation country_capital --limit 20 --out recall-smol"
     ),
+    **ATTRIBUTION_EXAMPLES,
     "compare": (
         '  lenslib compare "The capital of Italy is the city of" --models gemma-3-270m,smollm2-135m '
         '--target " Rome" --html compare.html'
@@ -77,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("--limit", type=int, help="at most N prompts per relation")
     recall.add_argument("--out", type=Path, required=True, help="directory for summary.json, summary.csv, prompts.csv, report.html")
 
+    add_attribution_arguments(command, DEFAULT_MODEL)
+
     compare = command("compare", "Compare models on one prompt along relative depth.")
     compare.add_argument("prompt")
     compare.add_argument("--models", default="gemma-3-270m,smollm2-135m", help="comma-separated names")
@@ -89,8 +96,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        handler: Callable = {"models": _models, "lens": _lens, "recall": _recall, "compare": _compare}[args.command]
-        return handler(args)
+        from lenslib.cli_attribution import run_attribute, run_patch
+
+        handler: Callable = {"models": _models, "lens": _lens, "recall": _recall, "compare": _compare,
+                             "attribute": run_attribute, "patch": run_patch}[args.command]
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return handler(args)
     except UsageError as error:
         print(error, file=sys.stderr)
         return 2
@@ -136,7 +148,10 @@ def _lens(args) -> int:
     if args.html:
         from lenslib.report import lens_report
 
-        full = result if args.positions == "all" else _lens_call(
+        from lenslib.answers import is_multi_token
+
+        joint = is_multi_token(model, args.target)  # a joint answer has the last position only
+        full = result if args.positions == "all" or joint else _lens_call(
             lambda: lenslib.logit_lens(model, args.prompt, k=args.k, target=args.target))
         _write_atomic(args.html, lens_report(full, model_name=args.model, prompt=args.prompt))
     for path in (args.html, args.json, args.csv):
@@ -147,7 +162,7 @@ def _lens(args) -> int:
 
 def _recall(args) -> int:
     from lenslib.recall import run_recall
-    from lenslib.recall_data import load_recall_dataset, single_token_items
+    from lenslib.recall_data import load_recall_dataset, single_token_flags
     from lenslib.report import recall_report, recall_summary
 
     if args.limit is not None and args.limit < 1:
@@ -158,7 +173,7 @@ def _recall(args) -> int:
         raise UsageError(f"lenslib recall: {error}") from None
     _check_writable(args.out / "summary.json")
     model = _load(args.model)
-    usable = single_token_items(items, model)
+    usable = list(items)
     if args.limit:
         kept, seen = [], {}
         for item in usable:
@@ -166,9 +181,9 @@ def _recall(args) -> int:
             if seen[item.relation] <= args.limit:
                 kept.append(item)
         usable = kept
-    if not usable:
-        raise UsageError("lenslib recall: no item has a single-token answer for this model")
-    print(f"{len(usable)} of {len(items)} prompts have a single-token answer for {args.model}")
+    several = single_token_flags(usable, model).count(False)
+    print(f"{len(usable)} prompts; {several} answers of several tokens for {args.model} are "
+          "tracked as their joint probability")
     run = run_recall(model, usable, progress=True)
     summary, by_relation = recall_summary(run)
     _write_atomic(args.out / "summary.json", json.dumps(summary, indent=1))
@@ -205,6 +220,11 @@ def _compare(args) -> int:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr (no source path, no code line)."""
+    print(f"lenslib: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def _load(name: str):

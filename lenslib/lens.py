@@ -14,12 +14,12 @@ torch.Size([3, 1])
 from __future__ import annotations
 
 import inspect
-import warnings
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from lenslib.answers import is_multi_token, lens_multi_token
 from lenslib.fast_forward import FORWARD_CHOICES, residual_cache
 from lenslib.lens_result import LensResult
 from lenslib.lens_stats import DEFAULT_CHUNK_BYTES, lens_stats
@@ -62,8 +62,10 @@ def logit_lens(
         k: number of top tokens to keep per layer and position, 1 <= k <= d_vocab.
         target: the token to track. ``None`` (default): the actual next input token at each
             position (none at the last). A string (e.g. ``" Paris"``, leading space included)
-            or a token id: that token at every position; a string of several tokens tracks its
-            first token, with a warning. With a list of prompts, a list gives one target each.
+            or a token id: that token at every position. A string of several tokens
+            (``" Buenos Aires"``) is tracked as the joint log-probability of the whole answer
+            after the prompt, at the last position only (``positions="last"``; see
+            :mod:`lenslib.answers`). With a list of prompts, a list gives one target each.
         positions: ``None`` (all), an int, a slice, a list of ints (negative counts from the
             end), or ``"last"``; indices into the tokens run, BOS included.
         incl_mid: also decode the stream after each block's attention (``"{l}_mid"`` labels).
@@ -96,6 +98,10 @@ def logit_lens(
         raise ValueError(f"forward must be one of {FORWARD_CHOICES}, got {forward!r}")
 
     tokens = [_tokenize(model, p, prepend_bos) for p in prompts]
+    if any(is_multi_token(model, t) for t in targets):  # joint log-prob: lenslib/answers.py
+        results = lens_multi_token(model, tokens, targets, positions, k=k, incl_mid=incl_mid,
+                                   batch_size=batch_size, chunk_bytes=chunk_bytes, forward=forward)
+        return results[0] if isinstance(prompt, str) else results
     chosen = [_resolve_positions(positions, len(t)) for t in tokens]
     target_ids = [
         _target_ids(model, tgt, toks, pos) for tgt, toks, pos in zip(targets, tokens, chosen)
@@ -194,14 +200,7 @@ def _target_ids(model, target: Target, tokens: Tensor, positions: Tensor) -> Ten
         ids = model.to_tokens(target, prepend_bos=False)[0].tolist()
         if not ids:
             raise ValueError(f"target {target!r} tokenizes to nothing")
-        if len(ids) > 1:
-            pieces = model.to_str_tokens(torch.tensor(ids), prepend_bos=False)
-            warnings.warn(
-                f"target {target!r} is {len(ids)} tokens {pieces}; tracking its first token "
-                f"{pieces[0]!r} only.",
-                stacklevel=4,
-            )
-        token = ids[0]
+        token = ids[0]  # several tokens never get here: see lenslib/answers.py
     return torch.full((positions.numel(),), token, dtype=torch.long)
 
 

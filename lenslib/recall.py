@@ -1,7 +1,9 @@
 """Factual recall through the logit lens: at which layer does the answer become the prediction?
 
 For each prompt only the last position is lensed, with the item's answer as the target, so a
-run over hundreds of prompts costs one batched forward pass per ``batch_size`` prompts.
+run over hundreds of prompts costs one batched forward pass per ``batch_size`` prompts. An answer
+of several tokens (for this model's tokenizer) is tracked as its joint probability, with the
+answer teacher-forced (:mod:`lenslib.answers`), so no prompt is dropped.
 
 >>> import lenslib
 >>> from lenslib.recall import emergence_layer, run_recall
@@ -23,7 +25,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lenslib.lens import logit_lens
+from lenslib.answers import joint_lens
+from lenslib.lens import _tokenize
 from lenslib.recall_data import RecallItem, answer_token_ids
 
 if TYPE_CHECKING:
@@ -41,12 +44,16 @@ class RecallRun:
     Attributes:
         items: the items run, in order.
         table: one row per prompt: ``relation``, ``subject``, ``prompt``, ``answer``,
+            ``answer_tokens`` (how many tokens the answer is for this model),
             ``final_rank`` (the answer's rank at the final layer, 1 = top), ``final_prob``,
             ``correct`` (top-1 at the final layer), ``emergence_layer`` (see
             :func:`emergence_layer`; ``<NA>`` when not correct), ``final_top1`` (the model's own
             top-1 token string) and ``final_top1_prob``.
-        ranks: ``[prompt, layer]`` the answer's rank at each layer, 1 = top-1.
-        probs: ``[prompt, layer]`` the answer's probability at each layer.
+        ranks: ``[prompt, layer]`` the answer's rank at each layer, 1 = top-1. An answer of
+            several tokens is teacher-forced (see :mod:`lenslib.answers`): its rank is the worst
+            of its tokens' ranks, so 1 means greedy decoding through that layer gives the answer.
+        probs: ``[prompt, layer]`` the answer's probability at each layer (joint, for an answer
+            of several tokens).
         layer_labels: one label per layer.
         model_name: the model's name, when it has one.
     """
@@ -102,9 +109,9 @@ def run_recall(
 
     Args:
         model: a ``TransformerBridge`` (see :func:`lenslib.load_model`).
-        items: recall items (see :func:`lenslib.recall_data.load_recall_dataset`). Every answer
-            must be one token for this model: filter with
-            :func:`lenslib.recall_data.single_token_items` first.
+        items: recall items (see :func:`lenslib.recall_data.load_recall_dataset`). An answer of
+            several tokens for this model is tracked jointly (see ``ranks`` and ``probs``);
+            :func:`lenslib.recall_data.single_token_items` keeps only the one-token ones.
         batch_size: prompts per forward pass.
         progress: show a tqdm bar over batches.
 
@@ -112,7 +119,7 @@ def run_recall(
         A :class:`RecallRun` with ``ranks`` and ``probs`` of shape ``[prompt, layer]``.
 
     Raises:
-        ValueError: no items, or an answer that is not exactly one token for this model.
+        ValueError: no items, or an answer that tokenizes to nothing.
     """
     from tqdm.auto import tqdm
 
@@ -121,27 +128,29 @@ def run_recall(
         raise ValueError("no items to run: give at least one RecallItem")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    target_ids = _single_token_answers(items, model)
+    answers = _answer_ids(items, model)
 
     results = []
     starts = range(0, len(items), batch_size)
     for start in tqdm(starts, desc="recall", unit="batch", disable=not progress):
-        stop = start + batch_size
-        results += logit_lens(
+        batch = items[start : start + batch_size]
+        results += joint_lens(
             model,
-            [item.prompt for item in items[start:stop]],
+            [_tokenize(model, item.prompt, None) for item in batch],
+            answers[start : start + batch_size],
+            labels=[item.answer for item in batch],
             k=1,
-            target=target_ids[start:stop],
-            positions="last",
             batch_size=batch_size,
         )
     ranks = torch.stack([r.target_rank[:, 0] for r in results])
     probs = torch.stack([r.target_prob[:, 0] for r in results])
     top1 = [r.top_tokens[-1][0][0] for r in results]
     top1_prob = [float(r.top_probs[-1, 0, 0]) for r in results]
+    table = _per_prompt_table(items, ranks, probs, top1, top1_prob)
+    table.insert(4, "answer_tokens", [len(ids) for ids in answers])
     return RecallRun(
         items=items,
-        table=_per_prompt_table(items, ranks, probs, top1, top1_prob),
+        table=table,
         ranks=ranks,
         probs=probs,
         layer_labels=list(results[0].layer_labels),
@@ -149,17 +158,12 @@ def run_recall(
     )
 
 
-def _single_token_answers(items: list[RecallItem], model) -> list[int]:
+def _answer_ids(items: list[RecallItem], model) -> list[list[int]]:
     ids = answer_token_ids(items, model)
-    split = [(item.answer, len(t)) for item, t in zip(items, ids) if len(t) != 1]
-    if split:
-        shown = ", ".join(f"{answer!r} ({n} tokens)" for answer, n in split[:5])
-        more = f" and {len(split) - 5} more" if len(split) > 5 else ""
-        raise ValueError(
-            f"{len(split)} answer(s) are not one token for this model's tokenizer: {shown}{more}. "
-            "Keep the others with lenslib.recall_data.single_token_items(items, model)."
-        )
-    return [t[0] for t in ids]
+    empty = [item.answer for item, t in zip(items, ids) if not t]
+    if empty:
+        raise ValueError(f"{len(empty)} answer(s) tokenize to nothing, e.g. {empty[0]!r}: fix the items")
+    return ids
 
 
 def _per_prompt_table(items, ranks, probs, top1, top1_prob) -> "pd.DataFrame":

@@ -2,8 +2,9 @@
 
 Each item's prompt is phrased so that a base model's natural next token is the answer
 (``"The Eiffel Tower is located in the city of"`` -> ``" Paris"``). Answers keep their leading
-space and are one token for gemma-3-270m's tokenizer; other tokenizers split some of them, so
-filter with :func:`single_token_items` before lensing another model.
+space and are one token for gemma-3-270m's tokenizer; other tokenizers split some of them
+(42 of the 303 for smollm2-135m), and :func:`lenslib.recall.run_recall` tracks those as the
+joint probability of the whole answer. :func:`single_token_items` keeps only the one-token ones.
 
 >>> from lenslib.recall_data import load_recall_dataset, relations
 >>> items = load_recall_dataset("country_capital")
@@ -103,7 +104,8 @@ def single_token_flags(items: Sequence[RecallItem], model_or_tokenizer) -> list[
 def single_token_items(items: Sequence[RecallItem], model_or_tokenizer) -> list[RecallItem]:
     """The items whose answer is one token for this model, e.g. before lensing smollm2-135m.
 
-    A multi-token answer cannot be tracked by one next-token rank, so such items are dropped.
+    Not needed by :func:`lenslib.recall.run_recall`, which tracks a multi-token answer jointly;
+    useful where one next-token rank per answer is wanted.
     """
     flags = single_token_flags(items, model_or_tokenizer)
     return [item for item, single in zip(items, flags) if single]

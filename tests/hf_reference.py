@@ -45,3 +45,54 @@ def reference_lens(hf_model, input_ids: torch.Tensor) -> Reference:
     entropy = -(probs * log_probs).sum(-1)
     kl = (probs[-1] * (log_probs[-1] - log_probs)).sum(-1)
     return Reference(log_probs, entropy, kl, out.logits[0].double())
+
+
+@torch.no_grad()
+def reference_attribution(hf_model, input_ids: torch.Tensor, target: int, versus=None):
+    """Direct logit attribution from Hugging Face modules alone, projected in float64.
+
+    What each decoder layer writes into the stream is read from forward hooks on its own
+    modules: the attention output (Gemma: after ``post_attention_layernorm``) and the MLP output
+    (Gemma: after ``post_feedforward_layernorm``); the embeddings are ``hidden_states[0]``. The
+    final norm's gain is taken from the architecture's formula (Llama ``weight``, Gemma
+    ``1 + weight``), its scale frozen at the last position.
+
+    Returns:
+        ``(labels, contributions [component] float64, constant, total)``; ``total`` is the
+        model's own final logit (difference).
+    """
+    layers = hf_model.model.layers
+    gemma = hasattr(layers[0], "post_feedforward_layernorm")
+    written: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(_module, _inputs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            written[name] = out[0, -1].double()
+        return hook
+
+    handles = []
+    for l, layer in enumerate(layers):
+        attn = layer.post_attention_layernorm if gemma else layer.self_attn
+        mlp = layer.post_feedforward_layernorm if gemma else layer.mlp
+        handles += [attn.register_forward_hook(keep(f"{l}_attn")), mlp.register_forward_hook(keep(f"{l}_mlp"))]
+    try:
+        out = hf_model(input_ids.view(1, -1), output_hidden_states=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    labels = ["embed"] + [f"{l}_{k}" for l in range(len(layers)) for k in ("attn", "mlp")]
+    parts = torch.stack([out.hidden_states[0][0, -1].double()] + [written[name] for name in labels[1:]])
+    x = parts.sum(0)
+    norm = final_norm(hf_model)
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps")
+    gain = norm.weight.double() + (1.0 if gemma else 0.0)
+    scale = (x.pow(2).mean() + eps).sqrt()
+    w_u = hf_model.lm_head.weight.double()  # [vocab, d_model]
+    direction = w_u[target] - (w_u[versus] if versus is not None else 0.0)
+    bias = hf_model.lm_head.bias
+    constant = 0.0 if bias is None else float(bias[target] - (bias[versus] if versus is not None else 0.0))
+    contributions = parts @ (gain * direction) / scale
+    logits = out.logits[0, -1].double()
+    total = float(logits[target] - (logits[versus] if versus is not None else 0.0))
+    return labels, contributions, constant, total

@@ -134,10 +134,13 @@ def test_fixed_target_string_and_id(tiny):
     assert (by_string.target_rank >= 1).all()
 
 
-def test_multi_token_target_warns_and_tracks_first(tiny):
-    with pytest.warns(UserWarning, match="tracking its first token"):
-        got = lenslib.logit_lens(tiny, "abc", target="xy")
+def test_multi_token_target_is_joint_at_the_last_position(tiny):
+    # the full check against references is in tests/test_answers.py
+    with pytest.raises(ValueError, match="positions='last'"):
+        lenslib.logit_lens(tiny, "abc", target="xy")
+    got = lenslib.logit_lens(tiny, "abc", target="xy", positions="last")
     assert (got.target_ids == tiny.tokenizer.convert_tokens_to_ids("x")).all()
+    assert got.target_tokens == ["xy"] and got.target_logprob.shape == (3, 1)
 
 
 def test_per_prompt_targets(tiny):

@@ -145,7 +145,7 @@ def test_run_recall_shapes(tiny, tiny_items, tiny_run):
     assert tiny_run.n_layers == n_layer
     assert tiny_run.items == tiny_items
     assert list(tiny_run.table.columns) == [
-        "relation", "subject", "prompt", "answer", "final_rank", "final_prob", "correct",
+        "relation", "subject", "prompt", "answer", "answer_tokens", "final_rank", "final_prob", "correct",
         "emergence_layer", "final_top1", "final_top1_prob",
     ]
     assert len(tiny_run.table) == n_prompt
@@ -187,10 +187,15 @@ def test_batch_size_does_not_change_the_result(tiny, tiny_items, tiny_run):
     assert torch.allclose(one_batch.probs, tiny_run.probs, atol=1e-6)
 
 
-def test_run_recall_rejects_multi_token_answers(tiny):
+def test_run_recall_tracks_multi_token_answers_jointly(tiny):
     items = [RecallItem("letters", "a", "ab", "c"), RecallItem("letters", "b", "ab", " cd")]
-    with pytest.raises(ValueError, match="single_token_items"):
-        run_recall(tiny, items, progress=False)
+    run = run_recall(tiny, items, progress=False)
+    assert run.table["answer_tokens"].tolist() == [1, 3]
+    joint = lenslib.logit_lens(tiny, "ab", target=" cd", positions="last")
+    assert run.ranks[1].tolist() == joint.target_rank[:, 0].tolist()
+    assert torch.allclose(run.probs[1], joint.target_prob[:, 0], atol=1e-7)
+    single = lenslib.logit_lens(tiny, "ab", target="c", positions="last")
+    assert torch.allclose(run.probs[0], single.target_prob[:, 0], atol=1e-7)
     with pytest.raises(ValueError, match="no items"):
         run_recall(tiny, [], progress=False)
 

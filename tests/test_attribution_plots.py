@@ -1,0 +1,44 @@
+"""Attribution and patching figures, tested by structure."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import pytest
+
+from lenslib.attribution import attribute
+from lenslib.attribution_plots import contributions_figure, patching_heatmap
+from lenslib.patching import patch_layers
+
+
+def test_contributions_figure(tiny):
+    result = attribute(tiny, "abcab", target="c", versus="d")
+    fig = contributions_figure(result, top=3)
+    assert isinstance(fig, go.Figure)
+    assert [t.name for t in fig.data] == ["attention", "MLP"]
+    assert list(fig.data[0].y) == pytest.approx(result.by_layer()[:, 0].tolist())
+    assert list(fig.data[1].y) == pytest.approx(result.by_layer()[:, 1].tolist())
+    title = fig.layout.title.text
+    assert "final norm scale frozen" in title and "'c'" not in title and "c − d" in title
+    for label, _ in result.top(3):
+        assert label in title
+    assert fig.layout.yaxis.title.text == "contribution to the logit difference"
+
+
+def test_per_head_figure_sums_heads(tiny):
+    heads = attribute(tiny, "abcab", target="c", per_head=True)
+    blocks = attribute(tiny, "abcab", target="c")
+    fig = contributions_figure(heads)
+    assert list(fig.data[0].y) == pytest.approx(blocks.by_layer()[:, 0].tolist(), abs=1e-5)
+
+
+def test_patching_heatmap(tiny):
+    result = patch_layers(tiny, "abcab", "abdab", "c", metric="logit")
+    fig = patching_heatmap(result)
+    assert isinstance(fig, go.Figure)
+    assert fig.data[0].z.shape == (3, 6)
+    assert list(fig.data[0].y) == ["0_pre", "1_pre", "final_post"]
+    assert fig.data[0].x[3] == "3: c / d" and fig.data[0].x[1] == "1: a"
+    assert fig.data[0].colorbar.title.text == "restored fraction"
+    raw = patching_heatmap(result, restored=False)
+    assert raw.data[0].z.tolist() == result.metric.tolist()
+    assert raw.data[0].colorbar.title.text == "logit(answer)"

@@ -1,0 +1,83 @@
+"""``lenslib attribute`` / ``lenslib patch`` run for real in subprocesses, and one-line warnings."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pandas as pd
+import pytest
+
+from tests.test_cli import run
+
+
+def test_help_with_examples():
+    for command in ("attribute", "patch"):
+        out = run(command, "--help")
+        assert out.returncode == 0, out.stderr
+        assert "usage:" in out.stdout and "examples:" in out.stdout
+
+
+def test_attribute_writes_json_csv_html(tmp_path):
+    out = run("attribute", "abcab", "--target", "c", "--versus", "d", "--model", "tiny-llama", "--per-head",
+              "--top", "3", "--json", str(tmp_path / "a.json"), "--csv", str(tmp_path / "a.csv"),
+              "--html", str(tmp_path / "a.html"))
+    assert out.returncode == 0, out.stderr
+    assert "final norm scale frozen" in out.stdout and len([l for l in out.stdout.splitlines() if l.startswith("  ")]) == 3
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data["labels"][:2] == ["embed", "0_attn_h0"] and data["versus_token"] == "d"
+    assert abs(sum(data["contributions"]) + data["constant"] - data["total"]) < 1e-4
+    frame = pd.read_csv(tmp_path / "a.csv")
+    assert list(frame.columns) == ["label", "layer", "kind", "contribution"] and len(frame) == len(data["labels"])
+    page = (tmp_path / "a.html").read_text()
+    assert "Plotly.newPlot" in page and "<script src=" not in page
+
+
+def test_patch_writes_json_csv_html(tmp_path):
+    out = run("patch", "abcab", "abdab", "--answer", "c", "--model", "tiny-llama", "--metric", "logit",
+              "--json", str(tmp_path / "p.json"), "--csv", str(tmp_path / "p.csv"), "--html", str(tmp_path / "p.html"))
+    assert out.returncode == 0, out.stderr
+    assert "best patch" in out.stdout and "final_post" in out.stdout
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert len(data["restored"]) == 3 and len(data["restored"][0]) == 6
+    frame = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert len(frame) == 18 and set(frame["corrupt_token"]) >= {"d"}
+    assert "Plotly.newPlot" in (tmp_path / "p.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["patch", "abc", "abcd", "--answer", "c", "--model", "tiny-llama"], "same number of tokens"),
+        (["patch", "abc", "abd", "--answer", "", "--model", "tiny-llama"], "empty"),
+        (["attribute", "abc", "--target", "cd", "--model", "tiny-llama"], "2 tokens"),
+        (["attribute", "abc", "--model", "tiny-llama"], "--target"),
+        (["attribute", "", "--target", "c", "--model", "tiny-llama"], "prompt is empty"),
+    ],
+)
+def test_usage_errors_are_one_line(args, message):
+    out = run(*args)
+    assert out.returncode == 2
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_warnings_print_as_one_line(monkeypatch, capsys):
+    import lenslib
+    from lenslib import cli
+
+    real = lenslib.logit_lens
+
+    def noisy(*args, **kwargs):
+        warnings.warn("something\nto know", UserWarning)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lenslib, "logit_lens", noisy)
+    assert cli.main(["lens", "abc", "--model", "tiny-llama"]) == 0
+    err = capsys.readouterr().err
+    assert err == "lenslib: warning: something to know\n"
+
+
+def test_multi_token_target_on_the_command_line():
+    out = run("lens", "abc", "--model", "tiny-llama", "--target", "de")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "" and "joint, 2 tokens" in out.stdout
