@@ -26,6 +26,8 @@ from lenslib.lens_stats import DEFAULT_CHUNK_BYTES, lens_stats
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
+    from lenslib.tuned_lens import TunedLens
+
 Positions = Union[None, int, slice, Sequence[int], str]
 Target = Union[None, str, int]
 
@@ -41,6 +43,7 @@ def logit_lens(
     prepend_bos: Optional[bool] = None,
     batch_size: int = 16,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    lens: Optional["TunedLens"] = None,
 ) -> Union[LensResult, list[LensResult]]:
     """Run the model once and decode every layer at the chosen positions.
 
@@ -68,13 +71,16 @@ def logit_lens(
         prepend_bos: prepend BOS; ``None`` uses the model's default (TransformerLens prepends).
         batch_size: prompts per forward pass when ``prompt`` is a list.
         chunk_bytes: memory budget for one tile of fp32 logits (16 MiB: it stays in cache).
+        lens: a :class:`lenslib.tuned_lens.TunedLens`: each layer is decoded as
+            ``unembed(ln_final(h + h @ A + b))`` (the tuned lens); ``None`` is the logit lens.
 
     Returns:
         A :class:`LensResult` (a list of them when ``prompt`` is a list). Shapes ``[layer, pos]``
         and ``[layer, pos, k]``; entropy and KL in nats.
 
     Raises:
-        ValueError: empty prompt, prompt longer than the model's context, bad ``k``, bad target.
+        ValueError: empty prompt, prompt longer than the model's context, bad ``k``, bad target,
+            a ``lens`` for another model (:class:`lenslib.tuned_lens.LensMismatchError`).
         IndexError: a position outside the prompt.
     """
     prompts = _check_prompts(prompt)
@@ -84,6 +90,8 @@ def logit_lens(
         raise ValueError(f"k must be an int in [1, {d_vocab}] (the vocabulary size), got {k!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if lens is not None:
+        lens.check_model(model)
 
     tokens = [_tokenize(model, p, prepend_bos) for p in prompts]
     chosen = [_resolve_positions(positions, len(t)) for t in tokens]
@@ -95,7 +103,7 @@ def logit_lens(
         stop = start + batch_size
         results += _lens_batch(
             model, tokens[start:stop], chosen[start:stop], target_ids[start:stop],
-            targets[start:stop], k=k, incl_mid=incl_mid, chunk_bytes=chunk_bytes,
+            targets[start:stop], k=k, incl_mid=incl_mid, chunk_bytes=chunk_bytes, lens=lens,
         )
     return results[0] if isinstance(prompt, str) else results
 
@@ -226,7 +234,7 @@ def _forward_kwargs(model) -> dict:
 
 
 @torch.no_grad()
-def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chunk_bytes):
+def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chunk_bytes, lens=None):
     device = model.W_U.device
     lengths = [t.numel() for t in tokens]
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
@@ -245,7 +253,11 @@ def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chun
         pos_slice=pos_slice,
         **_forward_kwargs(model),
     )
-    stack, labels = cache.accumulated_resid(apply_ln=True, incl_mid=incl_mid, return_labels=True)
+    stack, labels = cache.accumulated_resid(apply_ln=lens is None, incl_mid=incl_mid, return_labels=True)
+    if lens is not None:  # translate the raw stream, then ln_final as apply_ln=True does
+        from lenslib.tuned_lens import apply_lens
+
+        stack = apply_lens(model, cache, stack, labels, lens)
     del cache
     if pos_slice is not None:
         rows = [stack[:, 0, 0:1]]
