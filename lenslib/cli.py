@@ -27,6 +27,10 @@ EXAMPLES = {
         "  lenslib recall --out recall-gemma\n"
         "  lenslib recall --model smollm2-135m --relation country_capital --limit 20 --out recall-smol"
     ),
+    "tune": (
+        "  lenslib tune --model smollm2-135m --html tune-smollm2.html\n"
+        '  lenslib lens "The Eiffel Tower is located in the city of" --lens tuned'
+    ),
     "compare": (
         '  lenslib compare "The capital of Italy is the city of" --models gemma-3-270m,smollm2-135m '
         '--target " Rome" --html compare.html'
@@ -70,12 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     lens.add_argument("--html", type=Path, help="write a standalone HTML report (opens offline)")
     lens.add_argument("--json", type=Path, help="write the LensResult data as JSON")
     lens.add_argument("--csv", type=Path, help="write the tidy table (one row per layer x position x rank)")
+    lens.add_argument("--lens", choices=["logit", "tuned"], default="logit",
+                      help="logit lens, or the tuned lens fitted for the model (cached; fitted on first use)")
 
     recall = command("recall", "Evaluate factual recall over the shipped dataset, layer by layer.")
     recall.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
     recall.add_argument("--relation", action="append", help="relation to include (repeatable; default: all)")
     recall.add_argument("--limit", type=int, help="at most N prompts per relation")
     recall.add_argument("--out", type=Path, required=True, help="directory for summary.json, summary.csv, prompts.csv, report.html")
+
+    tune = command("tune", "Fit (or load from the cache) the tuned lens of a model; print its held-out scores.")
+    tune.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
+    tune.add_argument("--html", type=Path, help="write the fit report (held-out KL and top-1 agreement per layer)")
 
     compare = command("compare", "Compare models on one prompt along relative depth.")
     compare.add_argument("prompt")
@@ -89,7 +99,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        handler: Callable = {"models": _models, "lens": _lens, "recall": _recall, "compare": _compare}[args.command]
+        handler: Callable = {"models": _models, "lens": _lens, "recall": _recall, "compare": _compare,
+                             "tune": _tune}[args.command]
         return handler(args)
     except UsageError as error:
         print(error, file=sys.stderr)
@@ -126,8 +137,9 @@ def _lens(args) -> int:
     for path in (args.html, args.json, args.csv):
         _check_writable(path)
     model = _load(args.model)
+    lens = _tuned(args.model, model) if args.lens == "tuned" else None
     result = _lens_call(lambda: lenslib.logit_lens(
-        model, args.prompt, k=args.k, target=args.target, positions=args.positions))
+        model, args.prompt, k=args.k, target=args.target, positions=args.positions, lens=lens))
     print(result)
     if args.json:
         _write_atomic(args.json, json.dumps(result.to_dict(), indent=1))
@@ -137,7 +149,7 @@ def _lens(args) -> int:
         from lenslib.report import lens_report
 
         full = result if args.positions == "all" else _lens_call(
-            lambda: lenslib.logit_lens(model, args.prompt, k=args.k, target=args.target))
+            lambda: lenslib.logit_lens(model, args.prompt, k=args.k, target=args.target, lens=lens))
         _write_atomic(args.html, lens_report(full, model_name=args.model, prompt=args.prompt))
     for path in (args.html, args.json, args.csv):
         if path:
@@ -204,6 +216,19 @@ def _compare(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from lenslib.tuned_report import fit_table, tune_report
+
+    _check_writable(args.html)
+    model = _load(args.model)
+    lens = _tuned(args.model, model)
+    print(fit_table(lens))
+    if args.html:
+        _write_atomic(args.html, tune_report(lens))
+        print(f"wrote {args.html}")
+    return 0
+
+
 # -- helpers --------------------------------------------------------------------------------
 
 
@@ -214,6 +239,16 @@ def _load(name: str):
         return lenslib.load_model(name)
     except (lenslib.ModelNotAvailableError, ValueError) as error:
         raise UsageError(f"lenslib: cannot load model {name!r}: {str(error).splitlines()[0]}") from None
+
+
+def _tuned(name: str, model):
+    from lenslib.corpus import CorpusNotAvailableError, NotEnoughTextError
+    from lenslib.tuned_cache import fitted_lens
+
+    try:
+        return fitted_lens(name, model=model)
+    except (CorpusNotAvailableError, NotEnoughTextError, ValueError) as error:
+        raise UsageError(f"lenslib: no tuned lens for {name!r}: {str(error).splitlines()[0]}") from None
 
 
 def _lens_call(run: Callable):

@@ -34,9 +34,9 @@ from torch import Tensor
 from lenslib.tuned_lens import TunedLens, lens_labels, model_signature
 
 DEFAULT_RECIPE = {
-    "fit_tokens": 32768,
+    "fit_tokens": 8192,
     "heldout_tokens": 10240,
-    "score_tokens": 1024,
+    "score_tokens": 512,
     "seq_len": 128,
     "ridge": 1e-3,
     "steps": 150,
@@ -191,19 +191,25 @@ def truncated_kl(
     kept = torch.unique(top.reshape(-1))
     in_kept = torch.zeros(d_vocab, dtype=torch.bool)
     in_kept[kept] = True
-    drawn = torch.randint(0, d_vocab, (sample,), generator=generator)
-    drawn = drawn[~in_kept[drawn]]
-    rest = d_vocab - kept.numel()
+    rest = (~in_kept).nonzero()[:, 0]
+    if rest.numel() > sample:  # uniform draws (with replacement) stand for the rest
+        drawn = rest[torch.randint(0, rest.numel(), (sample,), generator=generator)]
+        log_w = math.log(rest.numel() / sample)
+    else:  # a small vocabulary: the rest is taken whole, the KL is exact
+        drawn, log_w = rest, 0.0
     cols = torch.cat([kept, drawn])
     n_kept = kept.numel()
-    log_w = math.log(rest / max(1, drawn.numel()))
 
     with torch.no_grad():
         logp = _logits(model, final_rows, cols)[:, :n_kept] - final_lse.unsqueeze(-1)
         p = logp.exp()
         p_rest = (1 - p.sum(-1)).clamp_min(1e-12)
     z = _logits(model, lens_logits_rows, cols)  # [layer, batch, cols]
-    z_kept, z_rest = z[..., :n_kept], z[..., n_kept:] + log_w
+    z_kept = z[..., :n_kept]
+    if drawn.numel() == 0:  # T is the whole vocabulary
+        logq = z_kept.log_softmax(-1)
+        return (p * (logp - logq)).sum(-1).mean(-1).sum()
+    z_rest = z[..., n_kept:] + log_w
     log_rest = torch.logsumexp(z_rest, dim=-1)
     log_z = torch.logaddexp(torch.logsumexp(z_kept, dim=-1), log_rest)
     logq = z_kept - log_z.unsqueeze(-1)

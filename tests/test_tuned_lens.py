@@ -253,3 +253,28 @@ def test_transformer_lens_callable(tiny):
     logp = theirs.readout.values if hasattr(theirs, "readout") else theirs.values
     logp = logp.reshape(len(ours.layer_labels), -1)
     torch.testing.assert_close(logp.exp().topk(3, -1).values, ours.top_probs[:, 0], rtol=1e-4, atol=1e-6)
+
+
+def test_cli_tune_and_lens_tuned(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lenslib import corpus
+
+    try:
+        corpus.fortune_documents()
+    except corpus.CorpusNotAvailableError:
+        pytest.skip("Debian's fortunes is not installed (make setup installs it)")
+    env = {**os.environ, "LENSLIB_CACHE": str(tmp_path / "cache")}
+    exe = str(Path(sys.executable).with_name("lenslib"))
+    out = subprocess.run([exe, "tune", "--model", "tiny-llama", "--html", str(tmp_path / "t.html")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "KL tuned" in out.stdout and "least-squares start" in out.stdout
+    assert "<h1>Tuned lens of tiny-llama</h1>" in (tmp_path / "t.html").read_text()
+    out = subprocess.run([exe, "lens", "Hello", "--model", "tiny-llama", "--lens", "tuned"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "final_post" in out.stdout
