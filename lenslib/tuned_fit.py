@@ -236,7 +236,7 @@ def refine(
     bar = tqdm(range(steps), desc="KL refinement", unit="step", disable=not progress)
     for _ in bar:
         pick = torch.randint(0, resid.n_tokens, (batch_tokens,), generator=generator)
-        h = resid.raw[index][:, pick]  # [layer, batch, d_model]
+        h = resid.raw[:, pick][index]  # [layer, batch, d_model]
         y = h + torch.bmm(h, A) + b.unsqueeze(1)
         normed = torch.stack([final_norm(model, y[i]) for i in range(y.shape[0])])
         loss = truncated_kl(model, normed, final_rows[pick], final_lse[pick], top[pick], generator, sample)

@@ -255,18 +255,24 @@ def test_transformer_lens_callable(tiny):
     torch.testing.assert_close(logp.exp().topk(3, -1).values, ours.top_probs[:, 0], rtol=1e-4, atol=1e-6)
 
 
-def test_cli_tune_and_lens_tuned(tmp_path):
+def test_cli_tune_and_lens_tuned(tiny, tmp_path, monkeypatch):
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from lenslib import corpus
+    from lenslib import corpus, model_cache, tuned_cache
 
     try:
         corpus.fortune_documents()
     except corpus.CorpusNotAvailableError:
         pytest.skip("Debian's fortunes is not installed (make setup installs it)")
+    # A short fit stored under the default recipe's entry, so the command finds it cached.
+    monkeypatch.setenv("LENSLIB_CACHE", str(tmp_path / "cache"))
+    short = {**tuned_cache.DEFAULT_RECIPE, "fit_tokens": 1000, "heldout_tokens": 300, "score_tokens": 100,
+             "seq_len": 64, "steps": 3, "batch_tokens": 32, "sample": 16, "top_k": 4}
+    model_cache.ensure_entry(tuned_cache.entry_name("tiny-llama", tuned_cache.DEFAULT_RECIPE),
+                             lambda out: tuned_cache._build("tiny-llama", tiny, short, out, False))
     env = {**os.environ, "LENSLIB_CACHE": str(tmp_path / "cache")}
     exe = str(Path(sys.executable).with_name("lenslib"))
     out = subprocess.run([exe, "tune", "--model", "tiny-llama", "--html", str(tmp_path / "t.html")],
