@@ -284,3 +284,25 @@ def test_cli_tune_and_lens_tuned(tiny, tmp_path, monkeypatch):
                          capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr
     assert "final_post" in out.stdout
+
+
+@pytest.mark.real_model
+def test_real_model_tuned_lens_matches_hugging_face_float64(smollm2, smollm2_hf):
+    """SmolLM2: identity = logit lens exactly; random translators = an HF float64 computation."""
+    prompt = "The Eiffel Tower is located in the city of"
+    same_result(lenslib.logit_lens(smollm2, prompt), lenslib.logit_lens(smollm2, prompt, lens=TunedLens.identity(smollm2)))
+    lens = random_lens(smollm2, scale=0.02)
+    result = lenslib.logit_lens(smollm2, prompt, lens=lens, k=3)
+    hf = smollm2_hf
+    with torch.no_grad():
+        out = hf(result.input_ids.unsqueeze(0), output_hidden_states=True)
+        final = out.logits.double().log_softmax(-1)[0]
+        norm, head = hf.model.norm, hf.lm_head
+        for i in range(len(out.hidden_states) - 1):
+            h = out.hidden_states[i].double()
+            h = h + h @ lens.A[i].double() + lens.b[i].double()
+            logp = head.double()(norm.double()(h)).log_softmax(-1)[0]
+            head.float(), norm.float()
+            kl = (final.exp() * (final - logp)).sum(-1)
+            torch.testing.assert_close(result.kl_to_final[i].double(), kl, atol=1e-3, rtol=1e-4)
+            torch.testing.assert_close(result.top_probs[i].double(), logp.exp().topk(3).values, atol=1e-4, rtol=0)
