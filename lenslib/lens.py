@@ -27,6 +27,8 @@ from lenslib.lens_stats import DEFAULT_CHUNK_BYTES, lens_stats
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
+    from lenslib.tuned_lens import TunedLens
+
 Positions = Union[None, int, slice, Sequence[int], str]
 Target = Union[None, str, int]
 
@@ -43,6 +45,7 @@ def logit_lens(
     batch_size: int = 16,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     forward: str = "auto",
+    lens: Optional["TunedLens"] = None,
 ) -> Union[LensResult, list[LensResult]]:
     """Run the model once and decode every layer at the chosen positions.
 
@@ -78,13 +81,16 @@ def logit_lens(
             weights unprocessed), else ``model.run_with_cache``; ``"sdpa"``: that path or an
             error; ``"bridge"``: always ``run_with_cache`` (eager attention, the reference).
             ``LensResult.forward_path`` says which ran.
+        lens: a :class:`lenslib.tuned_lens.TunedLens`: each layer is decoded as
+            ``unembed(ln_final(h + h @ A + b))`` (the tuned lens); ``None`` is the logit lens.
 
     Returns:
         A :class:`LensResult` (a list of them when ``prompt`` is a list). Shapes ``[layer, pos]``
         and ``[layer, pos, k]``; entropy and KL in nats.
 
     Raises:
-        ValueError: empty prompt, prompt longer than the model's context, bad ``k``, bad target.
+        ValueError: empty prompt, prompt longer than the model's context, bad ``k``, bad target,
+            a ``lens`` for another model (:class:`lenslib.tuned_lens.LensMismatchError`).
         IndexError: a position outside the prompt.
     """
     prompts = _check_prompts(prompt)
@@ -96,11 +102,14 @@ def logit_lens(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if forward not in FORWARD_CHOICES:
         raise ValueError(f"forward must be one of {FORWARD_CHOICES}, got {forward!r}")
+    if lens is not None:
+        lens.check_model(model)
 
     tokens = [_tokenize(model, p, prepend_bos) for p in prompts]
     if any(is_multi_token(model, t) for t in targets):  # joint log-prob: lenslib/answers.py
         results = lens_multi_token(model, tokens, targets, positions, k=k, incl_mid=incl_mid,
-                                   batch_size=batch_size, chunk_bytes=chunk_bytes, forward=forward)
+                                   batch_size=batch_size, chunk_bytes=chunk_bytes, forward=forward,
+                                   lens=lens)
         return results[0] if isinstance(prompt, str) else results
     chosen = [_resolve_positions(positions, len(t)) for t in tokens]
     target_ids = [
@@ -112,6 +121,7 @@ def logit_lens(
         results += _lens_batch(
             model, tokens[start:stop], chosen[start:stop], target_ids[start:stop],
             targets[start:stop], k=k, incl_mid=incl_mid, chunk_bytes=chunk_bytes, forward=forward,
+            lens=lens,
         )
     return results[0] if isinstance(prompt, str) else results
 
@@ -235,7 +245,8 @@ def _forward_kwargs(model) -> dict:
 
 
 @torch.no_grad()
-def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chunk_bytes, forward="auto"):
+def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chunk_bytes, forward="auto",
+                lens=None):
     device = model.W_U.device
     lengths = [t.numel() for t in tokens]
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
@@ -255,7 +266,11 @@ def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chun
         pos_slice=pos_slice,
         forward=forward,
     )
-    stack, labels = cache.accumulated_resid(apply_ln=True, incl_mid=incl_mid, return_labels=True)
+    stack, labels = cache.accumulated_resid(apply_ln=lens is None, incl_mid=incl_mid, return_labels=True)
+    if lens is not None:  # translate the raw stream, then ln_final as apply_ln=True does
+        from lenslib.tuned_lens import apply_lens
+
+        stack = apply_lens(model, cache, stack, labels, lens)
     del cache
     if pos_slice is not None:
         rows = [stack[:, 0, 0:1]]

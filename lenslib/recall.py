@@ -100,6 +100,7 @@ def run_recall(
     *,
     batch_size: int = 16,
     progress: bool = True,
+    lens=None,
 ) -> RecallRun:
     """Lens every item's prompt at its last position, tracking the item's answer token.
 
@@ -114,6 +115,7 @@ def run_recall(
             :func:`lenslib.recall_data.single_token_items` keeps only the one-token ones.
         batch_size: prompts per forward pass.
         progress: show a tqdm bar over batches.
+        lens: a :class:`lenslib.tuned_lens.TunedLens` to decode through (None: the logit lens).
 
     Returns:
         A :class:`RecallRun` with ``ranks`` and ``probs`` of shape ``[prompt, layer]``.
@@ -141,6 +143,7 @@ def run_recall(
             labels=[item.answer for item in batch],
             k=1,
             batch_size=batch_size,
+            lens=lens,
         )
     ranks = torch.stack([r.target_rank[:, 0] for r in results])
     probs = torch.stack([r.target_prob[:, 0] for r in results])

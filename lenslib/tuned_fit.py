@@ -1,0 +1,310 @@
+"""Fitting a tuned lens on a CPU: least squares to the final stream, then KL refinement.
+
+The recipe (:data:`DEFAULT_RECIPE`):
+
+1. **Residuals.** Run the model over the fitting texts once and keep every layer's raw
+   residual stream (``accumulated_resid(apply_ln=False)``) at every real position but BOS,
+   and, per position, the final distribution's log-normaliser and top tokens over the full
+   vocabulary (computed in column tiles, never ``[tokens, d_vocab]`` at once).
+2. **Least squares** (Din et al. 2023, https://arxiv.org/abs/2303.09435): per layer, the affine
+   map from that layer's residual to the final residual, in float64, ridge-regularised towards
+   the identity (``ridge`` x the mean eigenvalue of the layer's covariance).
+3. **KL refinement.** Adam on KL(final || lens) for ``steps`` steps of ``batch_tokens`` random
+   tokens. The softmax over the whole vocabulary is what costs, so each step's KL is taken over
+   a truncated vocabulary: ``T`` = the union of the final distribution's ``top_k`` tokens in
+   the batch, plus ``sample`` tokens drawn uniformly from the rest. The rest of the vocabulary
+   is one bucket: its final-layer mass is exact (``1 - p(T)``, from the full log-normaliser);
+   its lens mass and the lens's normaliser are estimated from the uniform sample (scaled by
+   ``(d_vocab - |T|) / sample``). The loss is the KL between these ``|T| + 1``-way
+   distributions. Every score reported anywhere is over the full vocabulary
+   (:mod:`lenslib.lens_eval`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lenslib.tuned_lens import TunedLens, lens_labels, model_signature
+
+DEFAULT_RECIPE = {
+    "fit_tokens": 8192,
+    "heldout_tokens": 10240,
+    "score_tokens": 512,
+    "seq_len": 128,
+    "ridge": 1e-3,
+    "steps": 150,
+    "batch_tokens": 64,
+    "lr": 1e-3,
+    "top_k": 16,
+    "sample": 1024,
+    "seed": 0,
+    "incl_mid": False,
+}
+MIN_FIT_TOKENS = 256  # below this, least squares in d_model dimensions is not worth a lens
+
+
+@dataclass
+class Residuals:
+    """Raw residual streams at the real, non-BOS positions of some texts.
+
+    Attributes:
+        raw: ``[layer, token, d_model]`` every ``accumulated_resid`` entry, un-normalised; the
+            last is ``"final_post"``.
+        labels: their labels.
+        next_ids: ``[token]`` the next input token, -1 at each window's last position.
+    """
+
+    raw: Float[Tensor, "layer token d_model"]
+    labels: list[str]
+    next_ids: Int[Tensor, "token"]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.raw.shape[1]
+
+
+@torch.no_grad()
+def collect_residuals(
+    model, texts: Sequence[str], *, incl_mid: bool = False, batch_size: int = 8,
+    progress: bool = True, desc: str = "residuals",
+) -> Residuals:
+    """Run ``model`` over ``texts`` (BOS prepended) and keep the raw residual streams.
+
+    The BOS position is dropped: its stream is an outlier (an attention sink) that no lens is
+    asked about, and it would dominate a least-squares fit.
+    """
+    from tqdm.auto import tqdm
+
+    from lenslib.lens import _forward_kwargs, _residual_hooks
+
+    if not texts:
+        raise ValueError("no texts given: pass a list of strings to run the model on")
+    device = model.W_U.device
+    hooks = _residual_hooks(int(model.cfg.n_layers), incl_mid)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    parts, next_parts, labels = [], [], None
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=not progress):
+        tokens = [model.to_tokens(t, prepend_bos=True, truncate=True)[0].cpu() for t in texts[start:start + batch_size]]
+        width = max(t.numel() for t in tokens)
+        batch = torch.full((len(tokens), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for row, ids in enumerate(tokens):
+            batch[row, : ids.numel()], mask[row, : ids.numel()] = ids, 1
+        _, cache = model.run_with_cache(batch.to(device), attention_mask=mask.to(device), names_filter=hooks,
+                                        **_forward_kwargs(model))
+        stack, labels = cache.accumulated_resid(apply_ln=False, incl_mid=incl_mid, return_labels=True)
+        del cache
+        for row, ids in enumerate(tokens):
+            n = ids.numel()
+            if n < 2:
+                continue
+            parts.append(stack[:, row, 1:n].float().cpu().clone())
+            next_parts.append(torch.cat([ids[2:n], torch.tensor([-1])]))
+    if not parts:
+        raise ValueError("the texts hold no token after BOS")
+    return Residuals(torch.cat(parts, dim=1), list(labels), torch.cat(next_parts))
+
+
+def final_norm(model, x: Float[Tensor, "row d_model"]) -> Float[Tensor, "row d_model"]:
+    """The model's ``ln_final`` on rows, as ``apply_ln_to_stack(recompute_ln=True)`` applies it."""
+    return model.ln_final(x.unsqueeze(0))[0]
+
+
+def _logits(model, rows: Tensor, cols: Optional[Tensor] = None) -> Tensor:
+    """``rows @ W_U (+ b_U)`` and the model's output transform, on all columns or ``cols``."""
+    from lenslib.lens import _output_transform
+
+    W_U, b_U = model.W_U, getattr(model, "b_U", None)
+    if cols is not None:
+        W_U = W_U[:, cols]
+        b_U = None if b_U is None else b_U[cols]
+    out = rows @ W_U.detach()
+    if b_U is not None:
+        out = out + b_U.detach()
+    transform = _output_transform(model)
+    return out if transform is None else transform(out)
+
+
+@torch.no_grad()
+def final_summary(model, final_raw: Tensor, top_k: int, block: int = 64) -> tuple[Tensor, Tensor, Tensor]:
+    """Per token: the final normalised stream, the full-vocabulary log-normaliser and top ids.
+
+    Logits are made ``block`` tokens at a time (``[block, d_vocab]`` fp32: 64 MiB for Gemma).
+    """
+    normed = torch.cat([final_norm(model, final_raw[i:i + 1024]) for i in range(0, final_raw.shape[0], 1024)])
+    lse, top = [], []
+    for i in range(0, normed.shape[0], block):
+        logits = _logits(model, normed[i:i + block])
+        lse.append(torch.logsumexp(logits.double(), dim=-1).float())
+        top.append(logits.topk(top_k, dim=-1).indices)
+    return normed, torch.cat(lse), torch.cat(top)
+
+
+def least_squares_lens(model, resid: Residuals, *, ridge: float = 1e-3, progress: bool = True) -> TunedLens:
+    """Per layer, the ridge least-squares affine map to ``"final_post"`` (float64, centred).
+
+    ``M = (Xc^T Xc + lam I)^-1 (Xc^T Yc + lam I)``, ``c = mean(Y) - mean(X) M``, with ``lam`` =
+    ``ridge`` x the mean eigenvalue of ``Xc^T Xc``; the translator is ``A = M - I``, ``b = c``.
+    """
+    from tqdm.auto import tqdm
+
+    sig = model_signature(model)
+    labels = [l for l in resid.labels if l != "final_post"]
+    d = sig["d_model"]
+    Y = resid.raw[-1].double()
+    y_mean = Y.mean(0)
+    Yc = Y - y_mean
+    eye = torch.eye(d, dtype=torch.float64)
+    A, b = torch.zeros(len(labels), d, d), torch.zeros(len(labels), d)
+    for i in tqdm(range(len(labels)), desc="least squares", unit="layer", disable=not progress):
+        X = resid.raw[i].double()
+        x_mean = X.mean(0)
+        Xc = X - x_mean
+        gram = Xc.T @ Xc
+        lam = ridge * float(gram.diagonal().mean()) + 1e-12
+        M = torch.linalg.solve(gram + lam * eye, Xc.T @ Yc + lam * eye)
+        A[i] = (M - eye).float()
+        b[i] = (y_mean - x_mean @ M).float()
+    return TunedLens(labels, A, b, sig)
+
+
+def truncated_kl(
+    model, lens_logits_rows: Tensor, final_rows: Tensor, final_lse: Tensor, top: Tensor,
+    generator: torch.Generator, sample: int,
+) -> Tensor:
+    """Mean over tokens, sum over layers, of the ``|T| + 1``-way KL described in the module doc.
+
+    Args:
+        lens_logits_rows: ``[layer, batch, d_model]`` translated and normalised lens rows.
+        final_rows: ``[batch, d_model]`` the final normalised rows.
+        final_lse: ``[batch]`` the final full-vocabulary log-normalisers.
+        top: ``[batch, top_k]`` the final top token ids.
+    """
+    d_vocab = model.W_U.shape[1]
+    kept = torch.unique(top.reshape(-1))
+    in_kept = torch.zeros(d_vocab, dtype=torch.bool)
+    in_kept[kept] = True
+    rest = (~in_kept).nonzero()[:, 0]
+    if rest.numel() > sample:  # uniform draws (with replacement) stand for the rest
+        drawn = rest[torch.randint(0, rest.numel(), (sample,), generator=generator)]
+        log_w = math.log(rest.numel() / sample)
+    else:  # a small vocabulary: the rest is taken whole, the KL is exact
+        drawn, log_w = rest, 0.0
+    cols = torch.cat([kept, drawn])
+    n_kept = kept.numel()
+
+    with torch.no_grad():
+        logp = _logits(model, final_rows, cols)[:, :n_kept] - final_lse.unsqueeze(-1)
+        p = logp.exp()
+        p_rest = (1 - p.sum(-1)).clamp_min(1e-12)
+    z = _logits(model, lens_logits_rows, cols)  # [layer, batch, cols]
+    z_kept = z[..., :n_kept]
+    if drawn.numel() == 0:  # T is the whole vocabulary
+        logq = z_kept.log_softmax(-1)
+        return (p * (logp - logq)).sum(-1).mean(-1).sum()
+    z_rest = z[..., n_kept:] + log_w
+    log_rest = torch.logsumexp(z_rest, dim=-1)
+    log_z = torch.logaddexp(torch.logsumexp(z_kept, dim=-1), log_rest)
+    logq = z_kept - log_z.unsqueeze(-1)
+    logq_rest = log_rest - log_z
+    kl = (p * (logp - logq)).sum(-1) + p_rest * (p_rest.log() - logq_rest)
+    return kl.mean(-1).sum()
+
+
+def refine(
+    model, lens: TunedLens, resid: Residuals, *, steps: int, batch_tokens: int, lr: float,
+    top_k: int, sample: int, seed: int, progress: bool = True,
+) -> tuple[TunedLens, list[float]]:
+    """Adam on the truncated KL, starting from ``lens``; returns the new lens and the losses."""
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    final_rows, final_lse, top = final_summary(model, resid.raw[-1], top_k)
+    index = [resid.labels.index(l) for l in lens.labels]
+    A = lens.A.clone().requires_grad_(True)
+    b = lens.b.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([A, b], lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 1 - s / max(1, steps))
+    losses = []
+    bar = tqdm(range(steps), desc="KL refinement", unit="step", disable=not progress)
+    for _ in bar:
+        pick = torch.randint(0, resid.n_tokens, (batch_tokens,), generator=generator)
+        h = resid.raw[:, pick][index]  # [layer, batch, d_model]
+        y = h + torch.bmm(h, A) + b.unsqueeze(1)
+        normed = torch.stack([final_norm(model, y[i]) for i in range(y.shape[0])])
+        loss = truncated_kl(model, normed, final_rows[pick], final_lse[pick], top[pick], generator, sample)
+        grads = torch.autograd.grad(loss, [A, b])
+        A.grad, b.grad = grads
+        optimiser.step()
+        schedule.step()
+        losses.append(float(loss.detach()) / len(index))
+        bar.set_postfix(kl=f"{losses[-1]:.3f}")
+    return TunedLens(lens.labels, A.detach().clone(), b.detach().clone(), lens.signature), losses
+
+
+def fit_tuned_lens(
+    model, texts: Sequence[str], *, recipe: Optional[dict] = None, progress: bool = True,
+    resid: Optional[Residuals] = None,
+) -> tuple[TunedLens, TunedLens]:
+    """Fit translators for every layer of ``model`` on ``texts``.
+
+    Args:
+        model: a ``TransformerBridge``.
+        texts: the fitting text (windows of a few hundred tokens each).
+        recipe: overrides of :data:`DEFAULT_RECIPE` (``ridge``, ``steps``, ``batch_tokens``,
+            ``lr``, ``top_k``, ``sample``, ``seed``, ``incl_mid``).
+        resid: residuals already collected from ``texts`` (skips the forward passes).
+
+    Returns:
+        ``(tuned, start)``: the refined lens and the least-squares lens it started from; each
+        carries ``record["fit"]`` (tokens, seconds, losses).
+
+    Raises:
+        NotEnoughTextError: fewer than :data:`MIN_FIT_TOKENS` tokens (or fewer than
+            ``d_model`` + 1, which least squares needs) after BOS.
+    """
+    from lenslib.corpus import NotEnoughTextError
+
+    recipe = {**DEFAULT_RECIPE, **(recipe or {})}
+    torch.manual_seed(recipe["seed"])
+    started = time.perf_counter()
+    if resid is None:
+        resid = collect_residuals(model, list(texts), incl_mid=recipe["incl_mid"], progress=progress, desc="fit residuals")
+    needed = max(MIN_FIT_TOKENS, int(model.cfg.d_model) + 1)
+    if resid.n_tokens < needed:
+        raise NotEnoughTextError(
+            f"the fitting texts hold {resid.n_tokens} tokens after BOS; a tuned lens for "
+            f"{model.cfg.model_name} needs at least {needed} (a good fit: about "
+            f"{DEFAULT_RECIPE['fit_tokens']}). Give more text."
+        )
+    collected = time.perf_counter()
+    start = least_squares_lens(model, resid, ridge=recipe["ridge"], progress=progress)
+    solved = time.perf_counter()
+    tuned, losses = refine(
+        model, start, resid, steps=recipe["steps"], batch_tokens=recipe["batch_tokens"],
+        lr=recipe["lr"], top_k=recipe["top_k"], sample=recipe["sample"], seed=recipe["seed"],
+        progress=progress,
+    )
+    done = time.perf_counter()
+    fit = {
+        "fit_tokens": resid.n_tokens,
+        "seconds": {"residuals": collected - started, "least_squares": solved - collected,
+                    "refinement": done - solved, "total": done - started},
+        "truncated_kl_first_last": [losses[0], losses[-1]] if losses else [],
+        "recipe": recipe,
+    }
+    start.record = {"fit": {**fit, "stage": "least_squares"}}
+    tuned.record = {"fit": {**fit, "stage": "least_squares + KL refinement"}}
+    return tuned, start
+
+
+def expected_labels(model, incl_mid: bool) -> list[str]:
+    """The labels a lens for ``model`` translates."""
+    return lens_labels(int(model.cfg.n_layers), incl_mid)
