@@ -200,16 +200,19 @@ def ratio_figure(report: dict, names: tuple[str, ...] = ("a/g_tl_builtin", "a/d"
 
     models = list(dict.fromkeys(r["model"] for r in report["ratios"]))
     fig = make_subplots(rows=1, cols=len(models), subplot_titles=models)
+    palette = ["#e377c2", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
     for col, model in enumerate(models, start=1):
-        rows = [r for r in report["ratios"] if r["model"] == model]
+        rows = sorted((r for r in report["ratios"] if r["model"] == model), key=lambda r: r["tokens"])
         for i, name in enumerate(names):
             done = [r for r in rows if r[name]["time"] is not None]
             fig.add_trace(
                 go.Scatter(x=[r["tokens"] for r in done], y=[r[name]["time"] for r in done],
-                           mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1),
+                           mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
+                           line={"color": palette[i % len(palette)]}),
                 row=1, col=col,
             )
-        fig.update_xaxes(type="log", title_text="tokens (BOS included)", row=1, col=col)
+        ticks = [r["tokens"] for r in rows]
+        fig.update_xaxes(type="log", title_text="tokens (BOS included)", tickvals=ticks, row=1, col=col)
         fig.update_yaxes(title_text="time ratio" if col == 1 else None, row=1, col=col)
     fig.update_layout(title="Time ratios (1 = equal)", width=520 * len(models) + 200, height=420,
                       template="plotly_white")
