@@ -144,6 +144,8 @@ def _joint(result: LensResult, prompt_ids: Tensor, label) -> LensResult:
         label = "".join(result.str_tokens[int(p) + 1] for p in result.positions[:-1]) + "…"
     logprob = result.target_logprob.double().sum(dim=1, keepdim=True)
     first = slice(0, 1)
+    # One token: keep the lens's own probability (exp(log p) can differ from p in the last bit).
+    prob = result.target_prob[:, first] if result.positions.numel() == 1 else logprob.exp().float()
     return LensResult(
         input_ids=prompt_ids,
         str_tokens=result.str_tokens[: prompt_ids.numel()],
@@ -155,10 +157,11 @@ def _joint(result: LensResult, prompt_ids: Tensor, label) -> LensResult:
         entropy=result.entropy[:, first],
         kl_to_final=result.kl_to_final[:, first],
         target_ids=result.target_ids[first],
-        target_prob=logprob.exp().float(),
+        target_prob=prob,
         target_logprob=logprob.float(),
         target_rank=result.target_rank.max(dim=1, keepdim=True).values,
         target_tokens=[label],
         target_label=f"{label!r} (joint, {result.positions.numel()} tokens)",
         model_name=result.model_name,
+        forward_path=result.forward_path,
     )

@@ -1,10 +1,12 @@
 """A curated factual-recall prompt set shipped with lenslib: prompts whose next token is a fact.
 
-Each item's prompt is phrased so that a base model's natural next token is the answer
+Each item's prompt is phrased so that a base model's natural continuation is the answer
 (``"The Eiffel Tower is located in the city of"`` -> ``" Paris"``). Answers keep their leading
-space and are one token for gemma-3-270m's tokenizer; other tokenizers split some of them
-(42 of the 303 for smollm2-135m), and :func:`lenslib.recall.run_recall` tracks those as the
-joint probability of the whole answer. :func:`single_token_items` keeps only the one-token ones.
+space. Most are one token for gemma-3-270m's tokenizer; a few (``" Buenos Aires"``,
+``" San Francisco"``) are several tokens for every tokenizer, and other tokenizers split more of
+them. :func:`lenslib.recall.run_recall` tracks an answer of several tokens as the joint
+probability of the whole answer (:mod:`lenslib.answers`), so every model keeps every prompt;
+:func:`single_token_items` keeps only the one-token ones.
 
 >>> from lenslib.recall_data import load_recall_dataset, relations
 >>> items = load_recall_dataset("country_capital")
@@ -33,7 +35,8 @@ class RecallItem:
         relation: the kind of fact, e.g. ``"country_capital"`` (see :func:`relations`).
         subject: the entity the fact is about, e.g. ``"France"``.
         prompt: the text the model continues, e.g. ``"The capital of France is the city of"``.
-        answer: the correct next token, leading space included, e.g. ``" Paris"``.
+        answer: the correct continuation, leading space included, e.g. ``" Paris"``; one token
+            or several (``" Buenos Aires"``).
     """
 
     relation: str

@@ -69,3 +69,15 @@ def test_bad_multi_token_use(tiny):
 def test_smollm2_buenos_aires(smollm2, smollm2_hf):
     result = _check(smollm2, smollm2_hf, "The capital of Argentina is the city of", " Buenos Aires", atol=2e-3)
     assert float(result.target_prob[-1, 0]) > 0.01  # a real answer, not a token soup
+
+
+def test_joint_results_say_which_forward_ran_and_keep_a_single_tokens_own_probability(tiny):
+    joint = lenslib.logit_lens(tiny, "ab", target=" cd", positions="last")
+    assert joint.forward_path == "sdpa"
+    bridge = lenslib.logit_lens(tiny, "ab", target=" cd", positions="last", forward="bridge")
+    assert bridge.forward_path == "bridge"
+    from lenslib.answers import joint_lens
+
+    single = joint_lens(tiny, [tiny.to_tokens("ab")[0]], [[int(tiny.to_single_token("c"))]])[0]
+    plain = lenslib.logit_lens(tiny, "ab", target="c", positions="last")
+    assert torch.equal(single.target_prob, plain.target_prob)

@@ -225,18 +225,16 @@ def test_emergence_by_relation(tiny_run):
 
 
 @pytest.mark.real_model
-def test_every_answer_is_one_gemma_token():
+def test_answers_tokenize_alike_alone_and_in_context_and_some_are_several_tokens():
+    """Most answers are one Gemma token; the several-token ones are exactly the multi-word names."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(lenslib.models.hf_model_dir("gemma-3-270m"))
     items = load_recall_dataset()
-    split = [
-        (item.answer, tokenizer.tokenize(item.answer))
-        for item, single in zip(items, single_token_flags(items, tokenizer))
-        if not single
-    ]
-    assert not split, f"answers that are several gemma-3-270m tokens: {split}"
-    # In context too: the prompt's tokens followed by the answer's one token.
+    several = {item.answer for item, single in zip(items, single_token_flags(items, tokenizer)) if not single}
+    assert several == {item.answer for item in items if " " in item.answer.strip() or "-" in item.answer}
+    assert 10 <= len(several) <= len(items) // 10, sorted(several)
+    # In context too: the prompt's tokens followed by the answer's tokens.
     for item in items:
         together = tokenizer.encode(item.prompt + item.answer, add_special_tokens=False)
         alone = tokenizer.encode(item.prompt, add_special_tokens=False)
