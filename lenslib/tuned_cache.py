@@ -79,9 +79,11 @@ def _build(name: str, model, recipe: dict, out: Path, progress: bool) -> dict:
     from lenslib.tuned_fit import collect_residuals, fit_tuned_lens
 
     started = time.perf_counter()
-    fit_texts = corpus.split_texts(model.tokenizer, "fit", recipe["fit_tokens"], seq_len=recipe["seq_len"], seed=recipe["seed"])
+    fit_texts = corpus.split_texts(model.tokenizer, "fit", recipe["fit_tokens"] + recipe["select_tokens"],
+                                   seq_len=recipe["seq_len"], seed=recipe["seed"])
+    fit_texts, select_texts = _split_tail(model, fit_texts, recipe["select_tokens"])
     held_texts = corpus.split_texts(model.tokenizer, "heldout", recipe["heldout_tokens"], seq_len=recipe["seq_len"], seed=recipe["seed"])
-    tuned, start = fit_tuned_lens(model, fit_texts, recipe=recipe, progress=progress)
+    tuned, start = fit_tuned_lens(model, fit_texts, recipe=recipe, progress=progress, select_texts=select_texts)
     fitted = time.perf_counter()
     held_texts = _first_tokens(model, held_texts, recipe["score_tokens"])
     held = collect_residuals(model, held_texts, incl_mid=recipe["incl_mid"], progress=progress, desc="held-out residuals")
@@ -103,6 +105,18 @@ def _build(name: str, model, recipe: dict, out: Path, progress: bool) -> dict:
     tuned.save(out)
     start.save(out, prefix=LS_PREFIX)
     return {"model": name, "recipe": recipe, "corpus": record["corpus"]["id"]}
+
+
+def _split_tail(model, texts: list[str], n_tokens: int) -> tuple[list[str], list[str]]:
+    """``(head, tail)``: the last windows of ``texts`` that hold ``n_tokens`` tokens are the
+    tail (the per-layer selection's validation text; whole windows, so whole documents)."""
+    if n_tokens <= 0:
+        return texts, []
+    total, cut = 0, len(texts)
+    while cut > 1 and total < n_tokens:
+        cut -= 1
+        total += len(model.tokenizer.encode(texts[cut], add_special_tokens=False))
+    return texts[:cut], texts[cut:]
 
 
 def _first_tokens(model, texts: list[str], n_tokens: int) -> list[str]:

@@ -59,6 +59,7 @@ def fit_table(lens: "TunedLens") -> str:
         f"fitted on {fit.get('fit_tokens')} tokens of {corpus.get('source')} (licence: {corpus.get('licence')})",
         f"held out: {corpus.get('split')}; scored on {corpus.get('heldout_tokens_scored')} tokens, full vocabulary",
         "fit seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()),
+        *_choice_lines(fit),
         "",
         side_by_side(frame).to_string(index=False, float_format=lambda x: f"{x:.3f}"),
         "",
@@ -66,6 +67,21 @@ def fit_table(lens: "TunedLens") -> str:
         + ", ".join(f"{LENS_NAMES[k]} {v:.3f}" for k, v in means.items()),
     ]
     return "\n".join(lines)
+
+
+def _choice_lines(fit: dict) -> list[str]:
+    """The per-layer selection, if the fit made one: which translator each layer kept."""
+    choice = fit.get("choice")
+    if not choice:
+        return []
+    counts = {name: choice.count(name) for name in dict.fromkeys(choice)}
+    kept = [f"{name} at {n} layer{'s' if n != 1 else ''}" for name, n in counts.items()]
+    lines = [f"per-layer selection on {fit.get('select_tokens')} validation tokens (fitting split, not fitted on): "
+             + ", ".join(kept)]
+    others = [f"{i}: {name}" for i, name in enumerate(choice) if name != "refined"]
+    if others:
+        lines.append("layers not keeping the refined map: " + ", ".join(others))
+    return lines
 
 
 def heldout_figure(frame: "pd.DataFrame", stat: str = "kl_nats", *, title: str = "") -> "go.Figure":

@@ -173,6 +173,43 @@ def test_fit_lowers_heldout_kl_on_the_tiny_model(tiny):
     assert tuned.record["fit"]["fit_tokens"] > 256
 
 
+def test_per_layer_selection_keeps_each_layers_best_translator(tiny):
+    from lenslib.lens_eval import evaluate_lens
+    from lenslib.tuned_fit import collect_residuals, select_per_layer
+
+    good, bad = random_lens(tiny, seed=1, scale=0.01), random_lens(tiny, seed=2, scale=3.0)
+    bad.A[0] = good.A[0]  # layer 0: "bad" equals "good" there, elsewhere it is far off
+    bad.b[0] = good.b[0]
+    held = collect_residuals(tiny, HELD, progress=False)
+    candidates = {"identity": None, "good": good, "bad": bad}
+    lens, choice, kl = select_per_layer(tiny, candidates, held, progress=False)
+    assert len(choice) == len(lens.labels) == 2
+    assert "bad" not in choice[1:]
+    for i, name in enumerate(choice):
+        assert kl[name][i] == min(kl[n][i] for n in candidates)
+        want = torch.zeros_like(lens.A[i]) if name == "identity" else candidates[name].A[i]
+        assert torch.equal(lens.A[i], want)
+    scores = evaluate_lens(tiny, {"picked": lens, **candidates}, held, progress=False)
+    for layer in range(2):
+        picked = scores.column("picked", "kl_nats")[layer]
+        assert picked == pytest.approx(min(scores.column(n, "kl_nats")[layer] for n in candidates), rel=1e-6)
+
+
+def test_fit_with_validation_text_records_its_choice(tiny):
+    from lenslib.tuned_fit import fit_tuned_lens
+
+    recipe = {"steps": 10, "batch_tokens": 32, "sample": 16, "top_k": 4, "refine_tokens": 200}
+    tuned, start = fit_tuned_lens(tiny, TEXTS, recipe=recipe, progress=False, select_texts=HELD)
+    fit = tuned.record["fit"]
+    assert len(fit["choice"]) == len(tuned.labels)
+    assert set(fit["choice"]) <= {"identity", "least_squares", "refined"}
+    assert fit["refine_tokens"] == 200 and fit["select_tokens"] > 0
+    assert "selection" in fit["seconds"] and fit["stage"].endswith("per-layer selection")
+    for i, name in enumerate(fit["choice"]):
+        kl = fit["selection_kl_nats"]
+        assert kl[name][i] == min(kl[n][i] for n in kl)
+
+
 def test_too_little_text_says_how_much_is_needed(tiny):
     from lenslib.tuned_fit import fit_tuned_lens
 
