@@ -195,6 +195,19 @@ def test_per_layer_selection_keeps_each_layers_best_translator(tiny):
         assert picked == pytest.approx(min(scores.column(n, "kl_nats")[layer] for n in candidates), rel=1e-6)
 
 
+def test_late_layers_take_their_own_learning_rate(tiny):
+    from lenslib.tuned_fit import collect_residuals, least_squares_lens, refine
+
+    resid = collect_residuals(tiny, TEXTS, progress=False)
+    start = least_squares_lens(tiny, resid, progress=False)
+    common = dict(steps=5, batch_tokens=32, lr=1e-2, top_k=4, sample=16, seed=0, progress=False)
+    frozen, _ = refine(tiny, start, resid, late_lr=0.0, late_from=0.5, **common)
+    assert torch.equal(frozen.A[1], start.A[1]) and torch.equal(frozen.b[1], start.b[1])  # depth 1/2 >= 0.5
+    assert not torch.equal(frozen.A[0], start.A[0])
+    moving, _ = refine(tiny, start, resid, **common)  # no late_lr: every layer moves
+    assert not torch.equal(moving.A[1], start.A[1])
+
+
 def test_fit_with_validation_text_records_its_choice(tiny):
     from lenslib.tuned_fit import fit_tuned_lens
 
