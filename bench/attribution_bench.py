@@ -129,6 +129,10 @@ def patching(model, name: str, n_tokens: int, batch_size: int) -> dict:
         "peak_rss_gb": peak / 1e9 if can_reset else None,
         "rise_over_before_gb": (peak - rss_before) / 1e9 if can_reset else None,
         "rss_before_gb": rss_before / 1e9, "batch_size": batch_size,
+        # after patching: file-backed pages (the mmapped safetensors weights, shared libraries;
+        # the kernel can drop and re-read them) and anonymous memory (heap, tensors made at run time)
+        "rss_file_gb_after": _status_kb("RssFile") * 1024 / 1e9,
+        "rss_anon_gb_after": _status_kb("RssAnon") * 1024 / 1e9,
         "load_before": load_before, "load_after": _load(),
         "clean_logit_diff": result.clean_value, "corrupt_logit_diff": result.corrupt_value,
         "best_patch": [layer, pos, best],
@@ -142,18 +146,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="the weights' dtype (bfloat16 halves their memory; the lens still reduces in float32)")
     args = parser.parse_args(argv)
 
     import lenslib
 
-    report = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "models": {}}
+    report = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "dtype": args.dtype, "models": {}}
     for name in args.models.split(","):
-        model = lenslib.load_model(name)
+        model = lenslib.load_model(name, dtype=getattr(torch, args.dtype))
         row = {"patching": patching(model, name, args.tokens, args.batch_size)}  # first: memory after loading only
         p = row["patching"]
         peak = "n/a" if p["peak_rss_gb"] is None else f"{p['peak_rss_gb']:.2f} GB"
         print(f"{name}: patching {p['layers_x_positions'][0]} layers x {p['layers_x_positions'][1]} positions "
-              f"in {p['seconds']:.1f} s, peak RSS {peak} (before {p['rss_before_gb']:.2f} GB), "
+              f"in {p['seconds']:.1f} s, peak RSS {peak} (before {p['rss_before_gb']:.2f} GB; after: "
+              f"{p['rss_file_gb_after']:.2f} GB file-backed, {p['rss_anon_gb_after']:.2f} GB anonymous), "
               f"load average {p['load_before']} -> {p['load_after']}; best patch {p['best_patch']}", flush=True)
         row["sum_check"] = sum_check(model, name)
         print(f"{name}: sum check, max relative residual over {row['sum_check']['prompts']} prompts: "

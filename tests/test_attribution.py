@@ -80,3 +80,18 @@ def test_gemma_matches_reference_and_refuses_heads(gemma, gemma_hf):
     _check_against_reference(gemma, gemma_hf, PROMPT, " Paris")
     with pytest.raises(ValueError, match="per-head attribution is not exact"):
         attribute(gemma, PROMPT, target=" Paris", per_head=True)
+
+
+@pytest.mark.real_model
+def test_gemma_bfloat16_weights_attribute_like_float32(gemma):
+    """bf16 weights: the final-norm check allows bf16 rounding (it refused Gemma in bf16 before);
+    the parts still add up to the model's own (bf16-rounded) logit difference to about 1%."""
+    import lenslib
+
+    bf16 = lenslib.load_model("gemma-3-270m", dtype=torch.bfloat16)
+    prompt = "The Eiffel Tower is located in the city of"
+    got = attribute(bf16, prompt, target=" Paris", versus=" Rome")
+    ref = attribute(gemma, prompt, target=" Paris", versus=" Rome")
+    assert abs(got.residual) < 0.02 * abs(got.total)
+    assert [label for label, _ in got.top(3)] == [label for label, _ in ref.top(3)]
+    torch.testing.assert_close(got.contributions, ref.contributions, atol=0.1, rtol=0.05)
