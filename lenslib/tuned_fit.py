@@ -11,8 +11,8 @@ The recipe (:data:`DEFAULT_RECIPE`):
    the identity (``ridge`` x the mean eigenvalue of the layer's covariance).
 3. **KL refinement.** Adam on KL(final || lens) for ``steps`` steps of ``batch_tokens`` random
    tokens, at ``lr`` per step, or ``late_lr`` for the layers from relative depth ``late_from``
-   on (their start is already close to the final distribution). The softmax over the whole vocabulary is what costs, so each step's KL is taken over
-   a truncated vocabulary: ``T`` = the union of the final distribution's ``top_k`` tokens in
+   on (their start is already close to the final distribution). The softmax over the whole
+   vocabulary is what costs, so each step's KL is taken over a truncated vocabulary: ``T`` = the union of the final distribution's ``top_k`` tokens in
    the batch, plus ``sample`` tokens drawn uniformly from the rest. The rest of the vocabulary
    is one bucket: its final-layer mass is exact (``1 - p(T)``, from the full log-normaliser);
    its lens mass and the lens's normaliser are estimated from the uniform sample (scaled by
@@ -22,9 +22,10 @@ The recipe (:data:`DEFAULT_RECIPE`):
    anywhere is over the full vocabulary (:mod:`lenslib.lens_eval`).
 4. **Per-layer selection.** On ``select_tokens`` tokens of validation text (fitting split, not
    fitted on), each layer keeps whichever of the identity (the logit lens), the least-squares
-   map and the refined map has the lowest full-vocabulary KL. The truncated KL is a biased
-   estimate; where refinement made a layer worse (Gemma 3's last layers, whose least-squares
-   KL is already about 0.2 nats), the layer keeps its better start.
+   map and the refined map has the lowest full-vocabulary KL. The truncated KL is an estimate
+   and Adam's steps are noisy; where refinement makes a layer worse (with one step size for
+   all layers it did so at Gemma 3's last layers, whose least-squares KL is about 0.2 nats),
+   the layer keeps its better start.
 """
 
 from __future__ import annotations
@@ -280,9 +281,6 @@ def refine(
     return TunedLens(lens.labels, A, b, lens.signature), losses
 
 
-CANDIDATES = ("identity", "least_squares", "refined")
-
-
 def select_per_layer(
     model, candidates: dict, resid: Residuals, *, progress: bool = True,
 ) -> tuple[TunedLens, list[str], dict]:
@@ -329,7 +327,8 @@ def fit_tuned_lens(
             of it; the KL refinement draws its batches from ``recipe["refine_tokens"]`` of its
             tokens.
         recipe: overrides of :data:`DEFAULT_RECIPE` (``ridge``, ``steps``, ``batch_tokens``,
-            ``lr``, ``top_k``, ``sample``, ``seed``, ``incl_mid``, ``refine_tokens``).
+            ``lr``, ``late_lr``, ``late_from``, ``top_k``, ``sample``, ``seed``, ``incl_mid``,
+            ``refine_tokens``).
         resid: residuals already collected from ``texts`` (skips the forward passes).
         select_texts: validation text, not in ``texts``. When given, each layer keeps whichever
             of the identity (the logit lens), the least-squares map and the refined map has the
@@ -379,11 +378,11 @@ def fit_tuned_lens(
     }
     tuned = refined
     if select_texts:
-        held = collect_residuals(model, list(select_texts), incl_mid=recipe["incl_mid"], progress=progress,
-                                 desc="selection residuals")
+        validation = collect_residuals(model, list(select_texts), incl_mid=recipe["incl_mid"],
+                                       progress=progress, desc="selection residuals")
         tuned, choice, kl = select_per_layer(
-            model, {"identity": None, "least_squares": start, "refined": refined}, held, progress=progress)
-        fit.update(select_tokens=held.n_tokens, choice=choice, selection_kl_nats=kl)
+            model, {"identity": None, "least_squares": start, "refined": refined}, validation, progress=progress)
+        fit.update(select_tokens=validation.n_tokens, choice=choice, selection_kl_nats=kl)
         seconds["selection"] = time.perf_counter() - refined_at
     seconds["total"] = time.perf_counter() - started
     stage = "least_squares + KL refinement" + (" + per-layer selection" if select_texts else "")
