@@ -60,17 +60,20 @@ def _fmt(x: Optional[float], digits: int = 3) -> str:
 def markdown(report: dict) -> str:
     m = report["machine"]
     s = report["settings"]
+    parts = len(report.get("runs", []))
+    last = "The last of several parts (each part below): " if parts > 1 else ""
     lines = [
         f"# Logit-lens benchmark (issues 6 and {report.get('issue', 14)})",
         "",
-        f"{m['device']} ({m['dtype']}): {m['cpu_model']}, {m['cpu_cores']} cores, "
+        f"{last}{m['device']} ({m['dtype']}): {m['cpu_model']}, {m['cpu_cores']} cores, "
         f"{m['torch_threads']} torch threads, {m['ram_gb']} GB RAM"
         + (f", {m['gpu']}" if "gpu" in m else "")
         + f"; torch {m['torch']}, transformers {m.get('transformers', '?')}, transformer-lens "
         f"{m['transformer_lens']}. Load average (1, 5, 15 min) at start: "
         f"{m.get('load_average_at_start')}, at the end: {report.get('load_average_at_end')}"
         f"{'; ' + s['machine_note'] if s.get('machine_note') else ''}.",
-        f"Median of {s['reps']} repetition(s), the cases interleaved within each repetition. "
+        f"Median of {s['reps']} repetition(s){' in that part' if parts > 1 else ''}, the cases "
+        "interleaved within each repetition. "
         f"Tokens = tokens run, BOS included. Memory: {m['memory_method']}.",
         f"Lens statistics: {m.get('lens_statistics', 'not recorded')}; tiles of "
         f"{s.get('tile_columns', '?')} vocabulary columns, {s['chunk_bytes'] / 2**20:g} MiB. "
@@ -154,7 +157,8 @@ def markdown(report: dict) -> str:
         for part in report["runs"]:
             pm, ps = part["machine"], part["settings"]
             lines.append(f"- `{part['command']}`: {ps['models']} at {ps['tokens']} tokens, cases "
-                         f"{', '.join(ps.get('cases_run', []))}, {pm['torch_threads']} torch thread(s), "
+                         f"{', '.join(ps.get('cases_run', []))}, {ps.get('reps', '?')} repetition(s), "
+                         f"{pm['torch_threads']} torch thread(s), "
                          f"load average at start {pm.get('load_average_at_start')}"
                          + (f"; replaces the earlier {', '.join(part['replaces'])}" if part.get("replaces") else "")
                          + (f"; {part['note']}" if part.get("note") else "") + ".")
