@@ -34,9 +34,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def targets(lens) -> list[tuple[str, bool, str]]:
+    """The issue's targets on the held-out scores in ``lens.record``."""
     from lenslib.tuned_report import heldout_frame
 
-    frame = heldout_frame(lens)
+    return frame_targets(heldout_frame(lens))
+
+
+def frame_targets(frame) -> list[tuple[str, bool, str]]:
+    """The issue's targets on a held-out table (columns ``lens``, ``label``, ``kl_nats``,
+    ``top1_agreement``; lenses ``logit``, ``least_squares``, ``tuned``), each met or not, with
+    its figures."""
     body = frame[frame.label != "final_post"]
     col = lambda name, stat: body[body.lens == name][stat].to_numpy()  # noqa: E731
     kl_logit, kl_ls, kl_tuned = col("logit", "kl_nats"), col("least_squares", "kl_nats"), col("tuned", "kl_nats")
