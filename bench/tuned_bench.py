@@ -60,6 +60,19 @@ def frame_targets(frame) -> list[tuple[str, bool, str]]:
     ]
 
 
+def target_rows(checks: list[tuple[str, bool, str]]) -> list[str]:
+    """Markdown table rows, one per target of :func:`frame_targets`."""
+    return [f"| {t} | {'yes' if ok else '**NOT met**'} | {fig} |" for t, ok, fig in checks]
+
+
+def write_report(out: Path, stem: str, lines: list[str], results: dict) -> None:
+    """``{stem}.md`` (the lines, and the load average at the end) and ``{stem}.json`` in ``out``."""
+    lines.append(f"Load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}.")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
+
+
 def lens_call_cost(model, lens, tokens: int, reps: int) -> dict:
     import lenslib
 
@@ -107,16 +120,13 @@ def main() -> int:
         lines += [f"## {name}", "", "```", fit_table(lens), "```", "",
                   f"Cache entry obtained in {obtained:.1f} s in this run (load + fit if it was missing).", "",
                   "| target | met | figures |", "|---|---|---|"]
-        lines += [f"| {t} | {'yes' if ok else '**NOT met**'} | {fig} |" for t, ok, fig in checks]
+        lines += target_rows(checks)
         lines += ["", f"Lens call, {cost['tokens']} tokens, all positions, median of {cost['reps']}: "
                   f"plain {cost['plain_s']:.3f} s, with translators {cost['tuned_s']:.3f} s, "
                   f"ratio {cost['ratio']:.3f} (target <= 1.1).", ""]
         print("\n".join(lines[-12:]), flush=True)
         del model
-    lines.append(f"Load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}.")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tuned_results.md").write_text("\n".join(lines) + "\n")
-    (args.out / "tuned_results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_report(args.out, "tuned_results", lines, results)
     print("\n".join(lines))
     return 0
 

@@ -12,7 +12,6 @@ targets on that. It costs about 0.14 s per token per three lenses on Gemma on 2 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ def main() -> int:
     from lenslib.tuned_cache import fitted_lens
     from lenslib.tuned_fit import collect_residuals
     from lenslib.tuned_report import side_by_side
-    from tuned_bench import frame_targets
+    from tuned_bench import frame_targets, target_rows, write_report
 
     lines = ["# Tuned lenses on the whole held-out split (issue 11)", "",
              f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads; "
@@ -66,14 +65,10 @@ def main() -> int:
                   "mean KL over all layers but the last (nats): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in means.items()), "",
                   "| target | met | figures |", "|---|---|---|"]
-        lines += [f"| {t} | {'yes' if ok else '**NOT met**'} | {fig} |" for t, ok, fig in checks]
-        lines.append("")
+        lines += target_rows(checks) + [""]
         print("\n".join(lines[-8:]), flush=True)
         del model
-    lines.append(f"Load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}.")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tuned_heldout.md").write_text("\n".join(lines) + "\n")
-    (args.out / "tuned_heldout.json").write_text(json.dumps(results, indent=1, default=str))
+    write_report(args.out, "tuned_heldout", lines, results)
     return 0
 
 
