@@ -52,6 +52,7 @@ def machine_info(device: str, dtype: torch.dtype) -> dict:
         "transformers": metadata.version("transformers"),
         "memory_method": memory_method(device),
         "lens_statistics": _statistics_path(device),
+        "lens_matmul": _matmul_path(device, dtype),
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
@@ -67,6 +68,16 @@ def _statistics_path(device: str) -> str:
         openmp = "OpenMP" if native_kernel.load().lens_tile_openmp() else "Python threads"
         return f"fused C kernel (lenslib/kernels/lens_tile.c, {openmp})"
     return "plain torch (lenslib.tile_update.torch_tile_update)"
+
+
+def _matmul_path(device: str, dtype: torch.dtype) -> str:
+    """Which library the lens's tile matmuls use for a bridge's W_U (a view of lm_head's weight)."""
+    from lenslib.tile_matmul import matmul_backend
+
+    rows = torch.empty(1, 8, device=device, dtype=dtype)
+    W_U = torch.empty(16, 8, device=device, dtype=dtype).T
+    backend = matmul_backend(rows, W_U) if dtype == torch.float32 else "torch (rows @ W_U)"
+    return {"onednn": "oneDNN (torch.ops.mkldnn._linear_pointwise)", "torch.mm": "torch.mm (MKL on CPU)"}.get(backend, backend)
 
 
 def _status_kb(field: str) -> int:

@@ -75,7 +75,8 @@ def markdown(report: dict) -> str:
         f"Median of {s['reps']} repetition(s){' in that part' if parts > 1 else ''}, the cases "
         "interleaved within each repetition. "
         f"Tokens = tokens run, BOS included. Memory: {m['memory_method']}.",
-        f"Lens statistics: {m.get('lens_statistics', 'not recorded')}; tiles of "
+        f"Lens statistics: {m.get('lens_statistics', 'not recorded')}; tile matmuls: "
+        f"{m.get('lens_matmul', 'not recorded')}; tiles of "
         f"{s.get('tile_columns', '?')} vocabulary columns, {s['chunk_bytes'] / 2**20:g} MiB. "
         f"Lens forward path: {', '.join(sorted(set(report.get('forward_paths', {}).values()))) or '?'}.",
         "",

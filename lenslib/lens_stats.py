@@ -4,8 +4,8 @@ The naive lens materialises ``[layer, pos, d_vocab]`` logits (6.3 GB for 128 tok
 gemma-3-270m). Here the ``[pos, layer]`` rows are decoded in blocks of positions, and each block
 against the vocabulary in tiles of columns (:func:`tile_shape`):
 
-1. ``tile = rows @ W_U[:, cols] + b_U[cols]`` (one matmul into a reused buffer; this matmul is
-   the cost floor), then the model's own output transform if it has one (e.g. soft-capping);
+1. ``tile = rows @ W_U[:, cols] + b_U[cols]`` (one matmul into a reused buffer, by oneDNN on
+   CPU where it applies: :mod:`lenslib.tile_matmul`; this matmul is the cost floor), then the model's own output transform if it has one (e.g. soft-capping);
 2. the tile is folded into running statistics (:mod:`lenslib.tile_update`): top-k, an online
    softmax's max and sums, the KL's cross term against the final layer's weights, and the
    target's rank, by the fused C kernel on CPU (:mod:`lenslib.native_kernel`) or by torch.
@@ -28,6 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lenslib import native_kernel
+from lenslib.tile_matmul import matmul_backend, tile_matmul
 from lenslib.tile_update import RunningStats, torch_tile_update
 
 DEFAULT_CHUNK_BYTES = 16 * 2**20  # a tile that stays in a 32 MiB L3 cache
@@ -135,19 +136,19 @@ def column_tiles(
     """Yield ``(col0, rows @ W_U[:, col0:col0 + columns] + b_U[...])``, transformed, as float32.
 
     Every tile is written into ``buffer`` (at least ``rows x columns`` floats) and is valid
-    until the next one; the benchmark's floor runs exactly these matmuls.
+    until the next one; the benchmark's floor runs exactly these matmuls. Float32 tiles go
+    through :func:`lenslib.tile_matmul.tile_matmul` (oneDNN on CPU where it applies).
     """
     d_vocab = W_U.shape[1]
+    backend = matmul_backend(rows, W_U) if W_U.dtype == torch.float32 else None
     for col0 in range(0, d_vocab, columns):
         col1 = min(col0 + columns, d_vocab)
         out = buffer[: rows.shape[0] * (col1 - col0)].view(rows.shape[0], col1 - col0)
-        weight = W_U[:, col0:col1]
-        if W_U.dtype == torch.float32 and output_transform is None:
-            if b_U is None:
-                yield col0, torch.mm(rows, weight, out=out)
-            else:
-                yield col0, torch.addmm(b_U[col0:col1], rows, weight, out=out)
+        if backend is not None:
+            tile = tile_matmul(rows, W_U, b_U, col0, col1, out, backend)
+            yield col0, tile if output_transform is None else out.copy_(output_transform(tile))
             continue
+        weight = W_U[:, col0:col1]
         logits = rows @ weight if b_U is None else torch.addmm(b_U[col0:col1], rows, weight)
         if output_transform is not None:
             logits = output_transform(logits)

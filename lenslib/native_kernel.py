@@ -34,6 +34,11 @@ from torch import Tensor
 from lenslib.tile_update import RunningStats, merge_topk
 
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
+# On x86, gcc keeps to 256-bit vectors even where -march=native offers AVX-512; the kernel's
+# loops run 1.5x faster at 512 bits on AMD Zen 5 (0.59 -> 0.39 ns per logit on one core). A no-op
+# on CPUs without AVX-512; other architectures do not know the flag.
+if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+    FLAGS.insert(2, "-mprefer-vector-width=512")
 OPENMP_FLAGS = ["-fopenmp"]  # tried first; a compiler without OpenMP builds the plain kernel
 MAX_K = 64  # the kernel keeps top-k by insertion; larger k goes through torch.topk
 _SOURCE = "lens_tile.c"

@@ -1,0 +1,97 @@
+"""The lens's tile matmul: oneDNN where it applies, torch.mm elsewhere, the same products."""
+
+import pytest
+import torch
+
+import lenslib
+from lenslib import tile_matmul as tm
+from lenslib.lens_stats import lens_stats
+
+needs_onednn = pytest.mark.skipif(
+    tm.onednn_unavailable_reason(torch.empty(1, 8), torch.empty(16, 8).T) is not None,
+    reason="oneDNN does not apply on this torch build",
+)
+
+
+def _lm_head_layout(d_vocab, d_model, generator):
+    """``W_U`` as a bridge holds it: the transpose of a contiguous ``[d_vocab, d_model]`` weight."""
+    return torch.randn(d_vocab, d_model, generator=generator).T
+
+
+@needs_onednn
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_onednn_tiles_match_float64_and_fill_the_buffer(with_bias):
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randn(45, 96, generator=g)
+    W_U = _lm_head_layout(300, 96, g)
+    b_U = torch.randn(300, generator=g) if with_bias else None
+    assert tm.matmul_backend(rows, W_U) == "onednn"
+    buffer = torch.full((45 * 128,), torch.nan)
+    for col0 in range(0, 300, 128):  # the last tile is 44 columns
+        col1 = min(col0 + 128, 300)
+        out = buffer[: 45 * (col1 - col0)].view(45, col1 - col0)
+        tile = tm.tile_matmul(rows, W_U, b_U, col0, col1, out)
+        want = rows.double() @ W_U[:, col0:col1].double()
+        if b_U is not None:
+            want += b_U[col0:col1].double()
+        assert tile.data_ptr() == out.data_ptr()
+        assert (tile.double() - want).abs().max() < 1e-4
+
+
+def test_a_strided_weight_goes_to_torch_mm():
+    """oneDNN was many times slower than MKL on a strided weight: a contiguous
+    ``[d_model, d_vocab]`` W_U (W_U.T strided) must not reach it."""
+    W_U = torch.randn(8, 16)
+    assert "not contiguous" in tm.onednn_unavailable_reason(torch.randn(2, 8), W_U)
+    assert tm.matmul_backend(torch.randn(2, 8), W_U) == "torch.mm"
+
+
+def test_other_dtypes_and_settings_go_to_torch_mm(monkeypatch):
+    W_U = torch.randn(16, 8).T
+    assert "float32" in tm.onednn_unavailable_reason(torch.randn(2, 8).double(), W_U.double())
+    monkeypatch.setenv("LENSLIB_MATMUL", "torch")
+    assert tm.matmul_backend(torch.randn(2, 8), W_U) == "torch.mm"
+    monkeypatch.setenv("LENSLIB_MATMUL", "fast")
+    with pytest.raises(ValueError, match="LENSLIB_MATMUL must be auto, onednn or torch"):
+        tm.matmul_backend(torch.randn(2, 8), W_U)
+
+
+@needs_onednn
+def test_reduced_precision_setting_is_not_used_silently():
+    settings = torch.backends.mkldnn.matmul
+    before = settings.fp32_precision
+    try:
+        settings.fp32_precision = "bf16"
+        reason = tm.onednn_unavailable_reason(torch.randn(2, 8), torch.randn(16, 8).T)
+    finally:
+        settings.fp32_precision = before
+    assert reason is not None and "reduced precision" in reason
+
+
+def test_onednn_demanded_where_it_cannot_run_says_why(monkeypatch):
+    monkeypatch.setenv("LENSLIB_MATMUL", "onednn")
+    with pytest.raises(RuntimeError, match="W_U.T is not contiguous"):
+        tm.matmul_backend(torch.randn(2, 8), torch.randn(8, 16))
+
+
+@needs_onednn
+def test_lens_statistics_agree_between_the_two_libraries(monkeypatch):
+    """The same statistics from oneDNN and MKL tiles on a real model (SmolLM2's vocabulary),
+    within float32 rounding; top-1 equal wherever the top two are not within rounding."""
+    model = lenslib.load_model("smollm2-135m")
+    tokens = model.to_tokens("The capital of France is Paris, and the capital of Italy is")
+    _, cache = model.run_with_cache(tokens)
+    resid = cache.accumulated_resid(apply_ln=True)[:, 0]  # [layer, pos, d_model]
+    targets = torch.cat([tokens[0, 1:], torch.tensor([-1])])
+    runs = {}
+    for backend in ("onednn", "torch"):
+        monkeypatch.setenv("LENSLIB_MATMUL", backend)
+        runs[backend] = lens_stats(resid, model.W_U, None, targets, k=2)
+    a, b = runs["onednn"], runs["torch"]
+    assert (a.entropy - b.entropy).abs().max() < 1e-4
+    assert (a.kl_to_final - b.kl_to_final).abs().max() < 1e-4
+    clear = (a.top_probs[..., 0] - a.top_probs[..., 1]) > 1e-5
+    assert torch.equal(a.top_ids[..., 0][clear], b.top_ids[..., 0][clear])
+    assert clear.float().mean() > 0.9
+    known = targets.ne(-1).expand_as(a.target_rank)
+    assert (a.target_rank - b.target_rank)[known].abs().max() <= 1
