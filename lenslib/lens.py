@@ -54,8 +54,8 @@ def logit_lens(
     ``unembed`` (``W_U`` and ``b_U``) and the model's own output transform (e.g. Gemma 2's
     soft-capping). Statistics are reduced tile by tile (``[positions x layers, 2048 columns]`` of
     the vocabulary, see :mod:`lenslib.lens_stats`): no position's full ``d_vocab`` logits are
-    ever held, so extra memory is ``chunk_bytes`` plus the cached residual stream, whatever the
-    prompt length.
+    ever held, so extra memory is at most two tiles of ``chunk_bytes`` plus the cached residual
+    stream, whatever the prompt length.
 
     Args:
         model: a ``TransformerBridge`` (see :func:`lenslib.load_model`).

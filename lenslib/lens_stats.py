@@ -11,8 +11,9 @@ against the vocabulary in tiles of columns (:func:`tile_shape`):
    target's rank, by the fused C kernel on CPU (:mod:`lenslib.native_kernel`) or by torch.
 
 The tile (``chunk_bytes``, 16 MiB by default) stays in the CPU's cache between the matmul that
-writes it and the reductions that read it. Extra memory is the tile plus O(pos x layer x k) for
-the results, whatever the prompt length.
+writes it and the reductions that read it. Extra memory is at most two tiles (oneDNN returns a
+new one while the last is still held) plus O(pos x layer x k) for the results, whatever the
+prompt length.
 
 The target's logit is computed before the tiles (a dot product per row, in float64) so that its
 rank can be counted tile by tile: rank = 1 + #{v != target : z_v > z_target}.
@@ -135,9 +136,10 @@ def column_tiles(
 ) -> Iterator[tuple[int, Float[Tensor, "row cols"]]]:
     """Yield ``(col0, rows @ W_U[:, col0:col0 + columns] + b_U[...])``, transformed, as float32.
 
-    Every tile is written into ``buffer`` (at least ``rows x columns`` floats) and is valid
-    until the next one; the benchmark's floor runs exactly these matmuls. Float32 tiles go
-    through :func:`lenslib.tile_matmul.tile_matmul` (oneDNN on CPU where it applies).
+    A tile is valid until the next one. Float32 tiles come from
+    :func:`lenslib.tile_matmul.tile_matmul`: a fresh tensor from oneDNN (CPU, where it applies;
+    the tile being read and the next one then coexist), else written into ``buffer`` (at least
+    ``rows x columns`` floats). The benchmark's floor runs exactly these matmuls.
     """
     d_vocab = W_U.shape[1]
     backend = matmul_backend(rows, W_U) if W_U.dtype == torch.float32 else None
@@ -147,6 +149,7 @@ def column_tiles(
         if backend is not None:
             tile = tile_matmul(rows, W_U, b_U, col0, col1, out, backend)
             yield col0, tile if output_transform is None else out.copy_(output_transform(tile))
+            del tile
             continue
         weight = W_U[:, col0:col1]
         logits = rows @ weight if b_U is None else torch.addmm(b_U[col0:col1], rows, weight)

@@ -178,3 +178,37 @@ def test_real_models_residual_stream_and_lens_match_the_bridge(name, n_tokens, r
     fast = lenslib.logit_lens(model, prompt, k=5, target=" Paris", incl_mid=True)
     slow = lenslib.logit_lens(model, prompt, k=5, target=" Paris", incl_mid=True, forward="bridge")
     _assert_same_lens(fast, slow)
+
+
+def test_shadow_is_rebuilt_when_the_bridges_tensors_change():
+    from lenslib.fast_forward import _shadow
+    from lenslib.random_models import tiny_model
+
+    model = tiny_model()
+    shadow = _shadow(model)[0]
+    q_proj = model.blocks[0].attn.original_component.q_proj.original_component
+    q_proj.weight.data.mul_(2.0)  # in place: the shadow shares the memory, nothing to rebuild
+    assert _shadow(model)[0] is shadow
+    q_proj.weight = torch.nn.Parameter(q_proj.weight.detach() * 0.5)  # replaced
+    rebuilt = _shadow(model)[0]
+    assert rebuilt is not shadow
+    assert rebuilt.model.layers[0].self_attn.q_proj.weight.data_ptr() == q_proj.weight.data_ptr()
+    model.to(torch.float64)  # cast: new data everywhere
+    assert _shadow(model)[0] is not rebuilt
+    cache, path = residual_cache(model, model.to_tokens("abc"), ["blocks.1.hook_resid_post"])
+    assert path == "sdpa" and cache["blocks.1.hook_resid_post"].dtype == torch.float64
+
+
+def test_a_dropped_model_is_freed_after_the_lens_ran():
+    """The shadow and the snapshot live on the models, so nothing global keeps a model alive."""
+    import gc
+    import weakref
+
+    from lenslib.random_models import tiny_model
+
+    model = tiny_model()
+    assert lenslib.logit_lens(model, "abc").forward_path == "sdpa"
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None

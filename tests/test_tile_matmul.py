@@ -20,7 +20,7 @@ def _lm_head_layout(d_vocab, d_model, generator):
 
 @needs_onednn
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_onednn_tiles_match_float64_and_fill_the_buffer(with_bias):
+def test_onednn_tiles_match_float64(with_bias):
     g = torch.Generator().manual_seed(1)
     rows = torch.randn(45, 96, generator=g)
     W_U = _lm_head_layout(300, 96, g)
@@ -34,16 +34,20 @@ def test_onednn_tiles_match_float64_and_fill_the_buffer(with_bias):
         want = rows.double() @ W_U[:, col0:col1].double()
         if b_U is not None:
             want += b_U[col0:col1].double()
-        assert tile.data_ptr() == out.data_ptr()
+        assert tile.shape == (45, col1 - col0) and tile.dtype == torch.float32
         assert (tile.double() - want).abs().max() < 1e-4
 
 
-def test_a_strided_weight_goes_to_torch_mm():
+def test_a_strided_weight_goes_to_torch_mm_into_the_buffer():
     """oneDNN was many times slower than MKL on a strided weight: a contiguous
-    ``[d_model, d_vocab]`` W_U (W_U.T strided) must not reach it."""
-    W_U = torch.randn(8, 16)
-    assert "not contiguous" in tm.onednn_unavailable_reason(torch.randn(2, 8), W_U)
-    assert tm.matmul_backend(torch.randn(2, 8), W_U) == "torch.mm"
+    ``[d_model, d_vocab]`` W_U (W_U.T strided) must not reach it; torch.mm fills ``out``."""
+    rows, W_U = torch.randn(2, 8), torch.randn(8, 16)
+    assert "not contiguous" in tm.onednn_unavailable_reason(rows, W_U)
+    assert tm.matmul_backend(rows, W_U) == "torch.mm"
+    out = torch.empty(2, 4)
+    tile = tm.tile_matmul(rows, W_U, torch.ones(16), 4, 8, out)
+    assert tile.data_ptr() == out.data_ptr()
+    assert torch.allclose(tile, rows @ W_U[:, 4:8] + 1, atol=1e-5)
 
 
 def test_other_dtypes_and_settings_go_to_torch_mm(monkeypatch):
