@@ -81,9 +81,11 @@ def normalised_resid(model, tokens: torch.Tensor, forward: str = "auto") -> torc
     return cache.accumulated_resid(apply_ln=True)[:, 0]
 
 
-def case_floor(resid: torch.Tensor, W_U: torch.Tensor, b_U: Optional[torch.Tensor], chunk_bytes: int):
+def case_floor(resid: torch.Tensor, W_U: torch.Tensor, b_U: Optional[torch.Tensor], chunk_bytes: int,
+               backend: Optional[str] = None):
     """The unembedding matmuls alone, tiled exactly as ``lens_stats`` tiles them (same tiles,
-    same buffer, same code: ``lens_stats.column_tiles``). Returns the last tile."""
+    same buffer, same code: ``lens_stats.column_tiles``), on the library the lens uses, or on
+    ``backend`` (``"torch.mm"``: case d_torch). Returns the last tile."""
     from lenslib.lens_stats import column_tiles, effective_bias, tile_shape
 
     n_layer, n_pos, d_model = resid.shape
@@ -94,7 +96,7 @@ def case_floor(resid: torch.Tensor, W_U: torch.Tensor, b_U: Optional[torch.Tenso
     tile = buffer
     for start in range(0, n_pos, block):
         rows = rows_by_pos[start : start + block].reshape(-1, d_model).to(W_U.dtype)
-        for _, tile in column_tiles(rows, W_U, b_U, columns, buffer):
+        for _, tile in column_tiles(rows, W_U, b_U, columns, buffer, backend=backend):
             pass
     return tile
 
@@ -175,10 +177,11 @@ def _tl_skip(ctx: Context) -> Optional[str]:
     )
 
 
-def _floor(ctx: Context):
+def _floor(ctx: Context, backend: Optional[str] = None):
     from lenslib.lens_stats import DEFAULT_CHUNK_BYTES
 
-    return lambda: case_floor(ctx.resid, ctx.model.W_U, getattr(ctx.model, "b_U", None), DEFAULT_CHUNK_BYTES)
+    W_U, b_U = ctx.model.W_U, getattr(ctx.model, "b_U", None)
+    return lambda: case_floor(ctx.resid, W_U, b_U, DEFAULT_CHUNK_BYTES, backend)
 
 
 # Timed in this order in each repetition; the naive path last (it frees gigabytes, after which
@@ -187,6 +190,8 @@ CASES: list[Case] = [
     Case("a", "logit_lens, all positions", "#1f77b4", lambda c: lambda: case_lens(c.model, c.prompt, None)),
     Case("b", "logit_lens, last position", "#2ca02c", lambda c: lambda: case_lens(c.model, c.prompt, "last")),
     Case("d", "floor: tiled unembedding matmul", "#7f7f7f", _floor),
+    Case("d_torch", "the same tiles on torch.mm (MKL on CPU), the floor before lenslib used oneDNN",
+         "#c7c7c7", lambda c: _floor(c, backend="torch.mm")),
     Case("e", "forward pass (bridge, all logits)", "#ff7f0e", lambda c: lambda: case_forward(c.model, c.tokens)),
     Case("e'", "Hugging Face forward, SDPA, last logits only", "#bcbd22",
          lambda c: lambda: case_hf_sdpa(c.hf_sdpa, c.tokens)),

@@ -72,7 +72,7 @@ def _statistics_path(device: str) -> str:
 
 def _matmul_path(device: str, dtype: torch.dtype) -> str:
     """Which library the lens's tile matmuls use for a bridge's W_U (a view of lm_head's weight)."""
-    from lenslib.tile_matmul import matmul_backend
+    from lenslib.onednn import matmul_backend
 
     rows = torch.empty(1, 8, device=device, dtype=dtype)
     W_U = torch.empty(16, 8, device=device, dtype=dtype).T

@@ -23,9 +23,11 @@ RATIOS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "f_bridge/e'": (("f_bridge",), ("e'",)),
     "a/(d+f)": (("a",), ("d", "f")),
     "(d+f)/d": (("d", "f"), ("d",)),
+    "a/d_torch": (("a",), ("d_torch",)),
+    "d/d_torch": (("d",), ("d_torch",)),
 }
-TABLE_RATIOS = ["a/d", "a/(d+f)", "(d+f)/d", "a/g_tl_builtin", "a/(g+g_t)_tl_builtin", "b/e'", "f/e'",
-                "f_bridge/e'", "b/e", "a/c"]
+TABLE_RATIOS = ["a/d", "a/(d+f)", "(d+f)/d", "a/d_torch", "d/d_torch", "a/g_tl_builtin",
+                "a/(g+g_t)_tl_builtin", "b/e'", "f/e'", "f_bridge/e'", "b/e", "a/c"]
 
 
 def ratios(name: str, n_tokens: int, row: dict) -> dict:
@@ -108,9 +110,10 @@ def markdown(report: dict) -> str:
         "",
         "Ratios of median times (memory ratios in results.json); — where a case was skipped. "
         "a/(d+f): what the lens adds beyond its forward and the matmuls; (d+f)/d: the best a/d "
-        "this forward allows; a/g_tl_builtin: lenslib against TransformerLens's own lens, its top-5 "
-        "pass alone; a/(g+g_t): against the two calls it needs for top-5 and targets; b/e': a "
-        "last-position lens against the Hugging Face SDPA forward with last logits only; f/e': "
+        "this forward allows; a/d_torch: the lens against the same tiles' matmuls on torch.mm "
+        "(MKL), d/d_torch: oneDNN's matmuls against MKL's; a/g_tl_builtin: lenslib against "
+        "TransformerLens's own lens, its top-5 pass alone; a/(g+g_t): against the two calls it "
+        "needs for top-5 and targets; b/e': a last-position lens against the Hugging Face SDPA forward with last logits only; f/e': "
         "the lens's forward against that forward.",
         "",
         "| model | tokens | " + " | ".join(TABLE_RATIOS) + " |",

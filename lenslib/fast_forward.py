@@ -8,7 +8,9 @@ come out of the unmodified Hugging Face layers with PyTorch's fused
 
 * a *shadow* Hugging Face model is built once per bridge on the ``meta`` device with
   ``attn_implementation="sdpa"``, and its parameters and buffers are pointed at the bridge's own
-  tensors (no weight is copied; it costs no memory);
+  tensors (no weight is copied; it costs no memory); on CPU in float32 its linear layers run on
+  oneDNN (:mod:`lenslib.onednn`; about 1.5-1.8x faster than MKL here, ``LENSLIB_MATMUL=torch``
+  keeps MKL);
 * forward pre-hooks on its decoder layers capture ``hook_resid_pre``, a forward hook on the last
   layer ``hook_resid_post``, and a pre-hook on the module the bridge's ``ln2`` wraps (the input of
   the pre-MLP norm, e.g. Llama's ``post_attention_layernorm``, Gemma 3's
@@ -39,6 +41,8 @@ from typing import TYPE_CHECKING, Literal, Optional, Sequence
 import torch
 from jaxtyping import Int
 from torch import Tensor
+
+from lenslib import onednn
 
 if TYPE_CHECKING:
     from transformer_lens.ActivationCache import ActivationCache
@@ -195,8 +199,9 @@ def _shadow(model) -> tuple[torch.nn.Module, str, str]:
     per bridge, and rebuilt if the bridge's modules or tensors were replaced since."""
     hf_model = model.original_model
     snapshot = _snapshot(hf_model)
+    key = (snapshot, onednn.mode())
     cached = getattr(model, _SHADOW_ATTR, None)
-    if cached is not None and cached[0] is snapshot:
+    if cached is not None and cached[0] == key:
         return cached[1]
     sources = snapshot.named_tensors()
     config = copy.deepcopy(hf_model.config)
@@ -217,11 +222,12 @@ def _shadow(model) -> tuple[torch.nn.Module, str, str]:
             owner._parameters[attr] = torch.nn.Parameter(source, requires_grad=False)
         else:
             owner._buffers[attr] = source
+    onednn.use_for_linear_layers(shadow)
     layers_path = _unwrapped_name(hf_model, model.blocks[0]).rsplit(".", 1)[0]
     ln2 = getattr(model.blocks[0], "ln2", None)
     ln2_name = getattr(ln2, "name", None) or ""
     built = (shadow, layers_path, ln2_name)
-    object.__setattr__(model, _SHADOW_ATTR, (snapshot, built))  # not registered as a submodule
+    object.__setattr__(model, _SHADOW_ATTR, (key, built))  # not registered as a submodule
     return built
 
 

@@ -5,7 +5,7 @@ gemma-3-270m). Here the ``[pos, layer]`` rows are decoded in blocks of positions
 against the vocabulary in tiles of columns (:func:`tile_shape`):
 
 1. ``tile = rows @ W_U[:, cols] + b_U[cols]`` (one matmul into a reused buffer, by oneDNN on
-   CPU where it applies: :mod:`lenslib.tile_matmul`; this matmul is the cost floor), then the model's own output transform if it has one (e.g. soft-capping);
+   CPU where it applies: :mod:`lenslib.onednn`; this matmul is the cost floor), then the model's own output transform if it has one (e.g. soft-capping);
 2. the tile is folded into running statistics (:mod:`lenslib.tile_update`): top-k, an online
    softmax's max and sums, the KL's cross term against the final layer's weights, and the
    target's rank, by the fused C kernel on CPU (:mod:`lenslib.native_kernel`) or by torch.
@@ -29,7 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lenslib import native_kernel
-from lenslib.tile_matmul import matmul_backend, tile_matmul
+from lenslib.onednn import Backend, matmul_backend, tile_matmul
 from lenslib.tile_update import RunningStats, torch_tile_update
 
 DEFAULT_CHUNK_BYTES = 16 * 2**20  # a tile that stays in a 32 MiB L3 cache
@@ -133,16 +133,22 @@ def column_tiles(
     columns: int,
     buffer: Float[Tensor, "n"],
     output_transform: Optional[Callable[[Tensor], Tensor]] = None,
+    backend: Optional[Backend] = None,
 ) -> Iterator[tuple[int, Float[Tensor, "row cols"]]]:
     """Yield ``(col0, rows @ W_U[:, col0:col0 + columns] + b_U[...])``, transformed, as float32.
 
     A tile is valid until the next one. Float32 tiles come from
-    :func:`lenslib.tile_matmul.tile_matmul`: a fresh tensor from oneDNN (CPU, where it applies;
+    :func:`lenslib.onednn.tile_matmul`: a fresh tensor from oneDNN (CPU, where it applies;
     the tile being read and the next one then coexist), else written into ``buffer`` (at least
-    ``rows x columns`` floats). The benchmark's floor runs exactly these matmuls.
+    ``rows x columns`` floats). The benchmark's floor runs exactly these matmuls. ``backend``
+    overrides :func:`~lenslib.onednn.matmul_backend`'s choice for float32 (the benchmark's
+    ``torch.mm`` floor).
     """
     d_vocab = W_U.shape[1]
-    backend = matmul_backend(rows, W_U) if W_U.dtype == torch.float32 else None
+    if W_U.dtype != torch.float32:
+        backend = None
+    elif backend is None:
+        backend = matmul_backend(rows, W_U)
     for col0 in range(0, d_vocab, columns):
         col1 = min(col0 + columns, d_vocab)
         out = buffer[: rows.shape[0] * (col1 - col0)].view(rows.shape[0], col1 - col0)

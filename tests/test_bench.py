@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "lens_bench.py"
-CASES = ["a", "b", "d", "e", "e'", "f", "f_bridge", "g", "g_t", "c"]  # the order each repetition runs
+CASES = ["a", "b", "d", "d_torch", "e", "e'", "f", "f_bridge", "g", "g_t", "c"]  # the order each repetition runs
 RATIOS = ["a/d", "b/e", "a/c", "a/g_tl_builtin", "b/e'", "f/e'", "f_bridge/e'"]
 TOKENS = [8, 24]
 # The naive path's estimate on the tiny model is 4.5 x 3 layers x n x 64 x 4 bytes: 28 kB at 8

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lenslib
-from lenslib import tile_matmul as tm
+from lenslib import onednn as tm
 from lenslib.lens_stats import lens_stats
 
 needs_onednn = pytest.mark.skipif(
@@ -99,3 +99,42 @@ def test_lens_statistics_agree_between_the_two_libraries(monkeypatch):
     assert clear.float().mean() > 0.9
     known = targets.ne(-1).expand_as(a.target_rank)
     assert (a.target_rank - b.target_rank)[known].abs().max() <= 1
+
+
+class _OwnLinear(torch.nn.Linear):
+    pass
+
+
+@needs_onednn
+def test_linear_layers_switch_to_onednn_with_the_same_outputs():
+    g = torch.Generator().manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.GELU(), torch.nn.Linear(40, 8, bias=False), _OwnLinear(8, 3))
+    x = torch.randn(2, 11, 24, generator=g)  # [batch, pos, d]: oneDNN takes the leading dims as rows
+    with torch.no_grad():
+        want = net.double()(x.double())
+        net.float()
+        assert tm.use_for_linear_layers(net) == 2
+        got = net(x)
+    assert [type(m).__name__ for m in net] == ["OneDNNLinear", "GELU", "OneDNNLinear", "_OwnLinear"]
+    assert (got.double() - want).abs().max() < 1e-5
+    with torch.no_grad():  # other dtypes take nn.Linear's own path
+        assert net.double()(x.double()).dtype == torch.float64
+
+
+def test_linear_layers_stay_with_torch_when_asked(monkeypatch):
+    monkeypatch.setenv("LENSLIB_MATMUL", "torch")
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    assert tm.use_for_linear_layers(net) == 0 and type(net[0]) is torch.nn.Linear
+
+
+@needs_onednn
+def test_the_sdpa_shadow_runs_its_linear_layers_on_onednn(monkeypatch):
+    from lenslib.fast_forward import _shadow
+    from lenslib.random_models import tiny_model
+
+    model = tiny_model()
+    shadow = _shadow(model)[0]
+    assert type(shadow.model.layers[0].self_attn.q_proj) is tm.OneDNNLinear
+    monkeypatch.setenv("LENSLIB_MATMUL", "torch")  # a changed setting rebuilds the shadow
+    plain = _shadow(model)[0]
+    assert plain is not shadow and type(plain.model.layers[0].self_attn.q_proj) is torch.nn.Linear

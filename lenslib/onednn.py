@@ -1,26 +1,29 @@
-"""The lens's matmul, ``rows @ W_U[:, c0:c1]`` for one vocabulary tile, by the faster of two
-float32 CPU libraries.
+"""Float32 matmuls on oneDNN: the lens's vocabulary tiles and the linear layers of its forward.
 
-On CPU, ``torch.mm`` calls MKL's sgemm. oneDNN, the other matmul library bundled with torch (its
-``mkldnn`` backend, reached through ``torch.ops.mkldnn._linear_pointwise``, the op torch's own
-compiler emits for linear layers on CPU), ran the lens's tiles about twice as fast on the 2-core
-AMD EPYC (Zen 5, AVX-512) this project is measured on, in float32 with float32 accumulation:
+On CPU, ``torch.mm`` and ``nn.Linear`` call MKL's sgemm. oneDNN, the other matmul library bundled
+with torch (its ``mkldnn`` backend, reached through ``torch.ops.mkldnn._linear_pointwise``, the
+op torch's own compiler emits for linear layers on CPU), ran both of the lens's matmuls about
+twice as fast on the 2-core AMD EPYC (Zen 5, AVX-512) this project is measured on, in float32
+with float32 accumulation (median of 3 to 5 runs):
 
-====================================================  ==========  =======
-float32 tiles, d_model 640, 2048 columns each          MKL (mm)    oneDNN
-====================================================  ==========  =======
-48 tiles of 2033 rows (107 positions x 19 layers)      1420 ms     732 ms
-128 tiles of 19 rows (Gemma 3's vocabulary, 1 pos.)      87 ms      50 ms
-====================================================  ==========  =======
+======================================================  ==========  =======
+float32, on 2 cores                                      MKL         oneDNN
+======================================================  ==========  =======
+48 tiles of 2033 x 2048 logits (d_model 640)             1420 ms     732 ms
+128 tiles of 19 x 2048 (Gemma 3's vocabulary, 1 pos.)      87 ms      50 ms
+SDPA forward, 512 tokens, SmolLM2-135M (stream + norm)    983 ms     546 ms
+SDPA forward, 512 tokens, Gemma 3 270M                    854 ms     567 ms
+======================================================  ==========  =======
 
-oneDNN takes the weight as ``[out, in]``, the Hugging Face ``lm_head`` layout, of which a
-``TransformerBridge``'s ``W_U`` is a transposed view; so it is used where ``W_U.T`` is
-contiguous (with a strided weight it was many times slower than MKL). It is used on CPU for
-float32, unless ``LENSLIB_MATMUL=torch``, torch's mkldnn backend is off or unavailable, or
-``torch.backends.mkldnn.matmul.fp32_precision`` asks for reduced precision (then ``torch.mm``
-follows that setting as torch does). A self-check against float64 runs once before first use;
-should it fail, or the op be missing in this torch, ``torch.mm`` is used.
-:func:`matmul_backend` says which one a lens runs.
+oneDNN takes the weight as ``[out, in]``: ``nn.Linear``'s layout and the Hugging Face
+``lm_head``'s, of which a ``TransformerBridge``'s ``W_U`` is a transposed view. With a strided
+weight it was many times slower than MKL, so it is used only where the weight is contiguous in
+that layout; and only on CPU, for float32, unless ``LENSLIB_MATMUL=torch``, torch's mkldnn
+backend is off or unavailable, or ``torch.backends.mkldnn.matmul.fp32_precision`` asks for
+reduced precision (torch then follows that setting on its own path). A self-check against
+float64 runs once before first use; should it fail, or the op be missing in this torch, torch's
+own matmul is used. :func:`matmul_backend` says which one a lens's tiles run on; the forward's
+layers are switched by :func:`use_for_linear_layers` (``lenslib.fast_forward``'s SDPA shadow).
 
 >>> import torch
 >>> rows, W_U = torch.randn(3, 8), torch.randn(16, 8).T   # W_U [d_model, d_vocab], W_U.T contiguous
@@ -69,13 +72,18 @@ def matmul_backend(rows: Tensor, W_U: Tensor) -> Backend:
 
 
 def onednn_unavailable_reason(rows: Tensor, W_U: Tensor) -> Optional[str]:
-    """Why oneDNN would not give this product in full float32, or ``None`` if it would."""
+    """Why oneDNN would not give ``rows @ W_U`` in full float32, or ``None`` if it would."""
     if rows.device.type != "cpu" or W_U.device.type != "cpu":
         return "it runs on CPU only"
     if rows.dtype != torch.float32 or W_U.dtype != torch.float32:
         return f"rows and W_U must be float32 (got {rows.dtype} and {W_U.dtype})"
     if not W_U.T.is_contiguous():
         return "W_U.T is not contiguous (oneDNN wants the [d_vocab, d_model] layout)"
+    return _library_unavailable_reason()
+
+
+def _library_unavailable_reason() -> Optional[str]:
+    """Why torch's oneDNN cannot be used for full-precision float32 here, or ``None``."""
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return "torch's mkldnn backend is unavailable or disabled"
     precision = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
@@ -109,6 +117,40 @@ def tile_matmul(
     if bias is None:
         return torch.mm(rows, W_U[:, col0:col1], out=out)
     return torch.addmm(bias, rows, W_U[:, col0:col1], out=out)
+
+
+class OneDNNLinear(torch.nn.Linear):
+    """``nn.Linear`` whose float32 CPU forward runs on oneDNN (same parameters, same result up
+    to float32 rounding); any other input goes through ``nn.Linear.forward``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or self.weight.dtype != torch.float32 \
+                or not self.weight.is_contiguous():
+            return super().forward(x)
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+
+def use_for_linear_layers(module: torch.nn.Module) -> int:
+    """Run ``module``'s plain ``nn.Linear`` layers on oneDNN, in place; returns how many.
+
+    Does nothing (returns 0) with ``LENSLIB_MATMUL=torch`` or where oneDNN is unavailable (see
+    the module docstring). Only exact ``nn.Linear`` instances change class, to
+    :class:`OneDNNLinear`, which has the same state: subclasses with their own forward are left.
+
+    Raises:
+        RuntimeError: ``LENSLIB_MATMUL=onednn`` where oneDNN is unavailable (says why).
+    """
+    if mode() == "torch":
+        return 0
+    reason = _library_unavailable_reason()
+    if reason is not None:
+        if mode() == "onednn":
+            raise RuntimeError(f"LENSLIB_MATMUL=onednn, but oneDNN cannot be used: {reason}")
+        return 0
+    linears = [m for m in module.modules() if type(m) is torch.nn.Linear]
+    for layer in linears:
+        layer.__class__ = OneDNNLinear
+    return len(linears)
 
 
 @lru_cache(maxsize=1)
