@@ -77,7 +77,11 @@ def _matmul_path(device: str, dtype: torch.dtype) -> str:
     rows = torch.empty(1, 8, device=device, dtype=dtype)
     W_U = torch.empty(16, 8, device=device, dtype=dtype).T
     backend = matmul_backend(rows, W_U) if dtype == torch.float32 else "torch (rows @ W_U)"
-    return {"onednn": "oneDNN (torch.ops.mkldnn._linear_pointwise)", "torch.mm": "torch.mm (MKL on CPU)"}.get(backend, backend)
+    names = {
+        "onednn": "oneDNN (torch.ops.mkldnn._linear_pointwise), also for the SDPA forward's linear layers",
+        "torch.mm": "torch.mm (MKL on CPU)",
+    }
+    return names.get(backend, backend)
 
 
 def _status_kb(field: str) -> int:
