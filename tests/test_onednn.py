@@ -117,6 +117,9 @@ def test_linear_layers_switch_to_onednn_with_the_same_outputs():
         got = net(x)
     assert [type(m).__name__ for m in net] == ["OneDNNLinear", "GELU", "OneDNNLinear", "_OwnLinear"]
     assert (got.double() - want).abs().max() < 1e-5
+    x.requires_grad_(True)  # a gradient: nn.Linear's own path, which has one
+    net(x).sum().backward()
+    assert x.grad is not None and net[0].weight.grad is not None
     with torch.no_grad():  # other dtypes take nn.Linear's own path
         assert net.double()(x.double()).dtype == torch.float64
 
