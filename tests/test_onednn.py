@@ -141,3 +141,24 @@ def test_the_sdpa_shadow_runs_its_linear_layers_on_onednn(monkeypatch):
     monkeypatch.setenv("LENSLIB_MATMUL", "torch")  # a changed setting rebuilds the shadow
     plain = _shadow(model)[0]
     assert plain is not shadow and type(plain.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+
+
+@needs_onednn
+def test_bias_and_output_transform_give_the_same_statistics_on_both_libraries(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    resid = torch.randn(4, 9, 32, generator=g)  # [layer, pos, d_model]
+    W_U = _lm_head_layout(700, 32, g)
+    b_U = torch.randn(700, generator=g)
+    targets = torch.randint(0, 700, (9,), generator=g)
+    cap = lambda z: 3.0 * torch.tanh(z / 3.0)  # a soft-cap, as Gemma 2 has
+    runs = {}
+    for backend in ("onednn", "torch"):
+        monkeypatch.setenv("LENSLIB_MATMUL", backend)
+        runs[backend] = lens_stats(resid, W_U, b_U, targets, k=3, output_transform=cap, chunk_bytes=4 * 4 * 256)
+    a, b = runs["onednn"], runs["torch"]
+    for name in ("entropy", "kl_to_final", "target_logprob"):
+        assert (getattr(a, name) - getattr(b, name)).abs().max() < 1e-5, name
+    assert torch.equal(a.top_ids, b.top_ids) and torch.equal(a.target_rank, b.target_rank)
+    logits = cap(resid.double() @ W_U.double() + b_U.double())  # and both against float64
+    want = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    assert (a.entropy.double() - want).abs().max() < 1e-5
