@@ -8,7 +8,8 @@ falls on every case alike). The cases (``bench/cases.py``; adding one touches th
   a   ``lenslib.logit_lens(model, text)``: all positions, all statistics
   b   ``lenslib.logit_lens(model, text, positions="last")``
   d   the floor: the unembedding matmul alone over the same layer x pos x d_model x d_vocab,
-      tiled exactly as ``lenslib.lens_stats`` tiles it, into one preallocated buffer
+      tiled exactly as ``lenslib.lens_stats`` tiles it, on the same library (``lenslib.onednn``)
+  d_torch  the same tiles on ``torch.mm`` (MKL on CPU): the floor before lenslib used oneDNN
   e   the bridge's forward pass, ``model(tokens)`` (logits for every position)
   e'  a separate Hugging Face model object, SDPA attention, last position's logits only: what a
       user pays for the model's own prediction
@@ -22,7 +23,8 @@ falls on every case alike). The cases (``bench/cases.py``; adding one touches th
       -> ``log_softmax``, entropy, top-5, KL on the whole ``[layer, pos, d_vocab]`` tensor;
       skipped, with its estimated memory, when that exceeds ``--naive-mem-limit-gb``
 
-Ratios (``bench/report.py``) include ``a/g_tl_builtin``, ``b/e'``, ``f/e'``, ``a/(d+f)``; the
+Ratios (``bench/report.py``) include ``a/g_tl_builtin``, ``b/e'``, ``f/e'``, ``a/(d+f)``,
+``a/d_torch``; the
 agreement of (a) with (g, g_t) is checked on the last repetition's results.
 
     python bench/lens_bench.py                       # both real models, 128..2048 tokens, CPU
