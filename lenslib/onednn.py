@@ -121,13 +121,15 @@ def tile_matmul(
 
 class OneDNNLinear(torch.nn.Linear):
     """``nn.Linear`` whose float32 CPU forward runs on oneDNN (same parameters, same result up
-    to float32 rounding); any other input, and anything that needs a gradient (the oneDNN op
-    has none), goes through ``nn.Linear.forward``."""
+    to float32 rounding); any other input, a strided one (oneDNN can be very slow on those),
+    and anything that needs a gradient (the oneDNN op has none) go through
+    ``nn.Linear.forward``."""
 
     def forward(self, x: Tensor) -> Tensor:
         plain = x.dtype != torch.float32 or x.device.type != "cpu" or self.weight.dtype != torch.float32
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if plain or needs_grad or not self.weight.is_contiguous():
+        strided = not (x.is_contiguous() and self.weight.is_contiguous())
+        if plain or needs_grad or strided:
             return super().forward(x)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 

@@ -117,6 +117,9 @@ def test_linear_layers_switch_to_onednn_with_the_same_outputs():
         got = net(x)
     assert [type(m).__name__ for m in net] == ["OneDNNLinear", "GELU", "OneDNNLinear", "_OwnLinear"]
     assert (got.double() - want).abs().max() < 1e-5
+    with torch.no_grad():  # a strided input: nn.Linear's own path, the same numbers
+        strided = x.transpose(0, 1).contiguous().transpose(0, 1)
+        assert not strided.is_contiguous() and torch.allclose(net(strided), got, atol=1e-6)
     x.requires_grad_(True)  # a gradient: nn.Linear's own path, which has one
     net(x).sum().backward()
     assert x.grad is not None and net[0].weight.grad is not None
