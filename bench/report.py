@@ -113,8 +113,8 @@ def markdown(report: dict) -> str:
         "this forward allows; a/d_torch: the lens against the same tiles' matmuls on torch.mm "
         "(MKL), d/d_torch: oneDNN's matmuls against MKL's; a/g_tl_builtin: lenslib against "
         "TransformerLens's own lens, its top-5 pass alone; a/(g+g_t): against the two calls it "
-        "needs for top-5 and targets; b/e': a last-position lens against the Hugging Face SDPA forward with last logits only; f/e': "
-        "the lens's forward against that forward.",
+        "needs for top-5 and targets; b/e': a last-position lens against the Hugging Face SDPA "
+        "forward with last logits only; f/e': the lens's forward against that forward.",
         "",
         "| model | tokens | " + " | ".join(TABLE_RATIOS) + " |",
         "|---|---:|" + "---:|" * len(TABLE_RATIOS),

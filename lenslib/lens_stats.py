@@ -4,8 +4,9 @@ The naive lens materialises ``[layer, pos, d_vocab]`` logits (6.3 GB for 128 tok
 gemma-3-270m). Here the ``[pos, layer]`` rows are decoded in blocks of positions, and each block
 against the vocabulary in tiles of columns (:func:`tile_shape`):
 
-1. ``tile = rows @ W_U[:, cols] + b_U[cols]`` (one matmul into a reused buffer, by oneDNN on
-   CPU where it applies: :mod:`lenslib.onednn`; this matmul is the cost floor), then the model's own output transform if it has one (e.g. soft-capping);
+1. ``tile = rows @ W_U[:, cols] + b_U[cols]`` (one matmul: by oneDNN on CPU where it applies,
+   see :mod:`lenslib.onednn`, else ``torch.mm`` into a reused buffer; this matmul is the cost
+   floor), then the model's own output transform if it has one (e.g. soft-capping);
 2. the tile is folded into running statistics (:mod:`lenslib.tile_update`): top-k, an online
    softmax's max and sums, the KL's cross term against the final layer's weights, and the
    target's rank, by the fused C kernel on CPU (:mod:`lenslib.native_kernel`) or by torch.
