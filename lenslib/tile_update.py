@@ -15,8 +15,8 @@ where ``w^f``, ``S^f`` and ``entropy^f`` belong to the final layer's row at the 
 Sums relative to the max avoid the cancellation of ``lse - E[z]`` when logits are large.
 
 :func:`torch_tile_update` is the reference, in plain torch, for any device;
-``kernels/lens_tile.c`` does the same update fused in two passes over the tile (see
-:mod:`lenslib.native_kernel`), and the tests hold the two to agree.
+``kernels/lens_tile.c`` does the same update fused, in one pass over each row where the running
+max holds (see :mod:`lenslib.native_kernel`), and the tests hold the two to agree.
 """
 
 from __future__ import annotations

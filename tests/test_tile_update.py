@@ -20,15 +20,19 @@ def kernel():
 
 
 def _tiles(n_pos, n_layer, d_vocab, columns, seed, drift):
-    """Logits whose scale changes from tile to tile, so the running max moves (up or down)."""
+    """Logits whose scale changes from tile to tile, so the running max moves: up (the kernel's
+    pass from the old max is redone), down (later tiles feed only the top-k), or mixed."""
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(n_pos, n_layer, d_vocab, generator=generator) * 3
-    scale = torch.linspace(1, 4, d_vocab) if drift == "up" else torch.linspace(4, 1, d_vocab)
+    if drift == "mixed":  # one scale per tile, in random order
+        scale = (1 + 3 * torch.rand(-(-d_vocab // columns), generator=generator)).repeat_interleave(columns)[:d_vocab]
+    else:
+        scale = torch.linspace(1, 4, d_vocab) if drift == "up" else torch.linspace(4, 1, d_vocab)
     z = z * scale
     return [(c, z[..., c : c + columns].contiguous()) for c in range(0, d_vocab, columns)], z
 
 
-@pytest.mark.parametrize("n_pos,k,drift", [(1, 1, "up"), (5, 7, "down"), (9, 64, "up"), (3, 65, "down")])
+@pytest.mark.parametrize("n_pos,k,drift", [(1, 1, "up"), (5, 7, "down"), (9, 64, "up"), (3, 65, "down"), (6, 5, "mixed"), (4, 32, "mixed")])
 def test_native_update_equals_torch_update(kernel, n_pos, k, drift):
     n_layer, d_vocab, columns = 4, 3000, 512  # 6 tiles, the last one partial
     tiles, z = _tiles(n_pos, n_layer, d_vocab, columns, seed=n_pos, drift=drift)
