@@ -13,7 +13,9 @@ torch.Size([3, 1])
 
 from __future__ import annotations
 
+import gc
 import inspect
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import torch
@@ -275,9 +277,9 @@ def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chun
     if pos_slice is not None:
         rows = [stack[:, 0, 0:1]]
     else:
-        rows = [stack[:, i, chosen[i].to(stack.device)] for i in range(len(tokens))]
+        rows = [_chosen_rows(stack[:, i], chosen[i]) for i in range(len(tokens))]
     stats = lens_stats(
-        torch.cat(rows, dim=1),  # [layer, all chosen positions, d_model]
+        rows[0] if len(rows) == 1 else torch.cat(rows, dim=1),  # [layer, all chosen positions, d_model]
         model.W_U,
         getattr(model, "b_U", None),
         torch.cat(target_ids),
@@ -287,32 +289,61 @@ def _lens_batch(model, tokens, chosen, target_ids, targets, *, k, incl_mid, chun
     )
     decode = _Decoder(model.tokenizer)
     results, offset = [], 0
-    for ids, pos, tgt_ids, tgt in zip(tokens, chosen, target_ids, targets):
-        span = slice(offset, offset + pos.numel())
-        offset += pos.numel()
-        top_ids = stats.top_ids[:, span]
-        results.append(
-            LensResult(
-                input_ids=ids,
-                str_tokens=decode.each(ids.tolist()),
-                positions=pos,
-                layer_labels=list(labels),
-                top_ids=top_ids,
-                top_probs=stats.top_probs[:, span],
-                top_tokens=[[decode.each(row) for row in layer] for layer in top_ids.tolist()],
-                entropy=stats.entropy[:, span],
-                kl_to_final=stats.kl_to_final[:, span],
-                target_ids=tgt_ids,
-                target_prob=stats.target_prob[:, span],
-                target_logprob=stats.target_logprob[:, span],
-                target_rank=stats.target_rank[:, span],
-                target_tokens=[decode.one(t) if t >= 0 else "" for t in tgt_ids.tolist()],
-                target_label="next token" if tgt is None else repr(decode.one(int(tgt_ids[0]))),
-                model_name=str(getattr(model.cfg, "model_name", "")),
-                forward_path=forward_path,
+    with _collection_paused():
+        for ids, pos, tgt_ids, tgt in zip(tokens, chosen, target_ids, targets):
+            span = slice(offset, offset + pos.numel())
+            offset += pos.numel()
+            top_ids = stats.top_ids[:, span]
+            results.append(
+                LensResult(
+                    input_ids=ids,
+                    str_tokens=decode.each(ids.tolist()),
+                    positions=pos,
+                    layer_labels=list(labels),
+                    top_ids=top_ids,
+                    top_probs=stats.top_probs[:, span],
+                    top_tokens=[[decode.each(row) for row in layer] for layer in top_ids.tolist()],
+                    entropy=stats.entropy[:, span],
+                    kl_to_final=stats.kl_to_final[:, span],
+                    target_ids=tgt_ids,
+                    target_prob=stats.target_prob[:, span],
+                    target_logprob=stats.target_logprob[:, span],
+                    target_rank=stats.target_rank[:, span],
+                    target_tokens=[decode.one(t) if t >= 0 else "" for t in tgt_ids.tolist()],
+                    target_label="next token" if tgt is None else repr(decode.one(int(tgt_ids[0]))),
+                    model_name=str(getattr(model.cfg, "model_name", "")),
+                    forward_path=forward_path,
+                )
             )
-        )
     return results
+
+
+@contextmanager
+def _collection_paused():
+    """Pause Python's cyclic garbage collector while a lens builds its token lists.
+
+    ``top_tokens`` is a list per layer and position (63k lists at 2048 tokens of SmolLM2); making
+    that many containers sets off full collections over every object the process holds (the
+    model, TransformerLens and transformers: about 480k), measured at 0.35 s of a 2048-token lens
+    and 0.06 s with collection paused. Lists of strings make no reference cycles, so nothing is
+    left uncollected; the collector's previous state is restored on the way out.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _chosen_rows(stack: Tensor, positions: Tensor) -> Tensor:
+    """``stack[:, positions]`` for a ``[layer, pos, d_model]`` stack: a view when the positions are
+    all of them in order (the usual all-positions lens), so that the stream is not copied."""
+    n_pos = stack.shape[1]
+    if positions.numel() == n_pos and bool((positions == torch.arange(n_pos)).all()):
+        return stack
+    return stack[:, positions.to(stack.device)]
 
 
 class _Decoder:

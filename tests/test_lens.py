@@ -229,3 +229,46 @@ def test_to_frame_and_str(result):
     assert row.input_token == result.str_tokens[7]
     text = str(result)
     assert "final_post" in text and "position 44" in text and len(text.splitlines()) == 3 + 3
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_collection_is_paused_while_token_lists_are_built_then_restored(tiny, monkeypatch, enabled_before):
+    import gc
+
+    import lenslib.lens as lens_module
+
+    states = []
+    real = lens_module.LensResult
+
+    def spy(**fields):
+        states.append(gc.isenabled())
+        return real(**fields)
+
+    monkeypatch.setattr(lens_module, "LensResult", spy)
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled_before else gc.disable()
+        lenslib.logit_lens(tiny, ["one prompt", "and another"], k=3)
+        assert gc.isenabled() is enabled_before
+    finally:
+        gc.enable() if was else gc.disable()
+    assert states == [False, False]
+
+
+def test_all_positions_lens_decodes_the_stream_in_place(tiny, monkeypatch):
+    """All positions, one prompt: the stack goes to lens_stats as a view, not a copy."""
+    import lenslib.lens as lens_module
+
+    seen = {}
+    real = lens_module.lens_stats
+
+    def spy(rows, *args, **kwargs):
+        seen["rows"] = rows
+        return real(rows, *args, **kwargs)
+
+    monkeypatch.setattr(lens_module, "lens_stats", spy)
+    got = lenslib.logit_lens(tiny, PROMPT, k=3)
+    assert seen["rows"]._base is not None  # a view of accumulated_resid's stack
+    lenslib.logit_lens(tiny, PROMPT, k=3, positions=[0, 2])
+    assert seen["rows"].shape[1] == 2 and seen["rows"]._base is None
+    assert got.entropy.shape[1] == len(got.input_ids)
