@@ -15,22 +15,21 @@ Hugging Face hub; offline, it fails at once with :class:`ModelNotAvailableError`
 
 from __future__ import annotations
 
-import gc
 import importlib
 import os
 import socket
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
 import torch
 
 from lenslib import model_cache
+from lenslib.gc_pause import collection_paused
 from lenslib.tokenizer_files import compact_bpe_merges, load_cached_tokenizer
 
 if TYPE_CHECKING:
@@ -273,7 +272,7 @@ def _load_bundled(model: BundledModel, *, placement, dtype: torch.dtype) -> "Tra
     directory = hf_model_dir(model.name)  # de-quantises on the first load, else checks the cache
     # Loading allocates millions of objects (imports, the tokenizer, TransformerLens's hook
     # scan) and frees almost none; the collector's full passes over them are pure overhead.
-    with _garbage_collection_paused():
+    with collection_paused():
         from transformer_lens.model_bridge import TransformerBridge
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -292,18 +291,6 @@ def _load_bundled(model: BundledModel, *, placement, dtype: torch.dtype) -> "Tra
             model.hub_name, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype,
             **placement.boot_kwargs(preloaded=True),
         )
-
-
-@contextmanager
-def _garbage_collection_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector, restoring the caller's setting afterwards."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def hub_is_reachable(timeout: float = 3.0) -> bool:
