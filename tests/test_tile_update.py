@@ -25,7 +25,8 @@ def _tiles(n_pos, n_layer, d_vocab, columns, seed, drift):
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(n_pos, n_layer, d_vocab, generator=generator) * 3
     if drift == "mixed":  # one scale per tile, in random order
-        scale = (1 + 3 * torch.rand(-(-d_vocab // columns), generator=generator)).repeat_interleave(columns)[:d_vocab]
+        per_tile = 1 + 3 * torch.rand(-(-d_vocab // columns), generator=generator)
+        scale = per_tile.repeat_interleave(columns)[:d_vocab]
     else:
         scale = torch.linspace(1, 4, d_vocab) if drift == "up" else torch.linspace(4, 1, d_vocab)
     z = z * scale
