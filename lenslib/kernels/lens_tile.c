@@ -62,7 +62,7 @@ static inline float exp_clamped(float x) {
     return x < -87.0f ? 0.0f : y * pow2n.f;
 }
 
-/* The max of one row of the tile (-inf for an empty row). */
+/* The max of `cols` values: a row of the tile, or a chunk of one (-inf when empty). */
 static float row_max_of(const float *z, int64_t cols) {
     float best = -INFINITY;
 #pragma omp simd reduction(max : best)
@@ -78,10 +78,7 @@ static void insert_top_k(const float *z, int64_t cols, int64_t col0, int64_t k,
     float kth = top_val[k - 1];
     for (int64_t start = 0; start < cols; start += CHUNK) {
         int64_t stop = start + CHUNK < cols ? start + CHUNK : cols;
-        float chunk_max = -INFINITY;
-#pragma omp simd reduction(max : chunk_max)
-        for (int64_t v = start; v < stop; v++) chunk_max = z[v] > chunk_max ? z[v] : chunk_max;
-        if (chunk_max <= kth) continue;
+        if (row_max_of(z + start, stop - start) <= kth) continue;
         for (int64_t v = start; v < stop; v++) {
             if (!(z[v] > kth)) continue;
             int64_t slot = k - 1;  /* strict '>' keeps the earlier column first on ties */
