@@ -36,7 +36,7 @@ models: $(STAMP)
 run: models
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	  --ExecutePreprocessor.timeout=1200 notebooks/*.ipynb
-	$(BIN)/python -m lenslib.notebook_hygiene notebooks/*.ipynb
+	$(BIN)/python -m lenslib.checks.hygiene notebooks/*.ipynb
 
 # Every test: the doctests in lenslib, tests/, and the notebooks (re-executed by nbmake, a glob
 # over notebooks/).

@@ -60,8 +60,8 @@ def _load() -> str:
 
 
 def sum_check(model, name: str) -> dict:
-    from lenslib.attribution import attribute
-    from lenslib.recall_data import load_recall_dataset
+    from lenslib.causal.attribution import attribute
+    from lenslib.recall.dataset import load_recall_dataset
 
     items = [it for it in load_recall_dataset("country_capital")[:8]]
     worst = 0.0
@@ -74,7 +74,7 @@ def sum_check(model, name: str) -> dict:
 
 def attribution_vs_lens(model, reps: int) -> dict:
     import lenslib
-    from lenslib.attribution import attribute
+    from lenslib.causal.attribution import attribute
 
     prompt, answer = "The Eiffel Tower is located in the city of", " Paris"
     attribute(model, prompt, target=answer)  # warm up both
@@ -110,7 +110,7 @@ def _pair(model, name: str, n_tokens: int) -> tuple[str, str, str, str]:
 
 
 def patching(model, name: str, n_tokens: int, batch_size: int) -> dict:
-    from lenslib.patching import patch_layers
+    from lenslib.causal.patching import patch_layers
 
     clean, corrupt, answer, versus = _pair(model, name, n_tokens)
     with torch.no_grad():  # one plain forward first: the weights are paged in (mmap) on first use
@@ -119,7 +119,7 @@ def patching(model, name: str, n_tokens: int, batch_size: int) -> dict:
     can_reset = _reset_peak()
     load_before = _load()
     start = time.perf_counter()
-    result = patch_layers(model, clean, corrupt, answer, versus=versus, batch_size=batch_size)
+    result = patch_layers(model, clean, corrupt, target=answer, versus=versus, batch_size=batch_size)
     seconds = time.perf_counter() - start
     peak = _status_kb("VmHWM") * 1024
     layer, pos, best = result.best()

@@ -74,10 +74,10 @@ def case_naive(model, tokens: torch.Tensor):
 def normalised_resid(model, tokens: torch.Tensor, forward: str = "auto") -> torch.Tensor:
     """``[layer, pos, d_model]``: what lenslib hands to ``lens_stats`` for all positions, computed
     as ``logit_lens`` computes it (case f; ``forward="bridge"``: case f_bridge)."""
-    from lenslib.fast_forward import residual_cache
-    from lenslib.lens import _residual_hooks
+    from lenslib.core.bridge import residual_hooks
+    from lenslib.core.forward import residual_cache
 
-    cache, _ = residual_cache(model, tokens, _residual_hooks(int(model.cfg.n_layers), False), forward=forward)
+    cache, _ = residual_cache(model, tokens, residual_hooks(int(model.cfg.n_layers), False), forward=forward)
     return cache.accumulated_resid(apply_ln=True)[:, 0]
 
 
@@ -86,7 +86,7 @@ def case_floor(resid: torch.Tensor, W_U: torch.Tensor, b_U: Optional[torch.Tenso
     """The unembedding matmuls alone, tiled exactly as ``lens_stats`` tiles them (same tiles,
     same buffer, same code: ``lens_stats.column_tiles``), on the library the lens uses, or on
     ``backend`` (``"torch.mm"``: case d_torch). Returns the last tile."""
-    from lenslib.lens_stats import column_tiles, effective_bias, tile_shape
+    from lenslib.core.stats import column_tiles, effective_bias, tile_shape
 
     n_layer, n_pos, d_model = resid.shape
     b_U = effective_bias(b_U)
@@ -133,17 +133,18 @@ def case_tl_targets(model, tokens: torch.Tensor):
 
 def load_hf_sdpa(name: str, dtype: torch.dtype, device: str):
     """A separate Hugging Face model object with the bridge's weights and SDPA attention."""
-    import lenslib
     from transformers import AutoModelForCausalLM
 
+    import lenslib
+
     if name == "tiny-llama":
-        from lenslib.random_models import tiny_hf_model
+        from lenslib.models.random_weights import tiny_hf_model
 
         hf = tiny_hf_model(seed=0)[0].to(dtype)
         hf.set_attn_implementation("sdpa")
     else:
         hf = AutoModelForCausalLM.from_pretrained(
-            lenslib.models.hf_model_dir(name), dtype=dtype, attn_implementation="sdpa"
+            lenslib.models.loading.hf_model_dir(name), dtype=dtype, attn_implementation="sdpa"
         )
     return hf.to(device).eval()
 
@@ -178,7 +179,7 @@ def _tl_skip(ctx: Context) -> Optional[str]:
 
 
 def _floor(ctx: Context, backend: Optional[str] = None):
-    from lenslib.lens_stats import DEFAULT_CHUNK_BYTES
+    from lenslib.core.stats import DEFAULT_CHUNK_BYTES
 
     W_U, b_U = ctx.model.W_U, getattr(ctx.model, "b_U", None)
     return lambda: case_floor(ctx.resid, W_U, b_U, DEFAULT_CHUNK_BYTES, backend)

@@ -8,13 +8,13 @@ falls on every case alike). The cases (``bench/cases.py``; adding one touches th
   a   ``lenslib.logit_lens(model, text)``: all positions, all statistics
   b   ``lenslib.logit_lens(model, text, positions="last")``
   d   the floor: the unembedding matmul alone over the same layer x pos x d_model x d_vocab,
-      tiled exactly as ``lenslib.lens_stats`` tiles it, on the same library (``lenslib.onednn``)
+      tiled exactly as ``lenslib.core.stats`` tiles it, on the same library (``lenslib.core.onednn``)
   d_torch  the same tiles on ``torch.mm`` (MKL on CPU): the floor before lenslib used oneDNN
   e   the bridge's forward pass, ``model(tokens)`` (logits for every position)
   e'  a separate Hugging Face model object, SDPA attention, last position's logits only: what a
       user pays for the model's own prediction
   f   the lens's own forward: the residual stream as ``logit_lens`` gets it
-      (``lenslib.fast_forward``: SDPA where exact) and ``accumulated_resid(apply_ln=True)``
+      (``lenslib.core.forward``: SDPA where exact) and ``accumulated_resid(apply_ln=True)``
   f_bridge  the same through the bridge's ``run_with_cache`` (eager attention)
   g   TransformerLens 4.3's ``tools.analysis.logit_lens``, ``top_k=5``, all positions, probs
   g_t the same with per-row ``targets`` (the next token): it takes ``top_k`` or ``targets`` per
@@ -53,11 +53,23 @@ if str(HERE.parent) not in sys.path:  # `python bench/lens_bench.py` puts bench/
 
 from bench import cases as bench_cases  # noqa: E402
 from bench.cases import (  # noqa: E402,F401  (re-exported: tests and users call them from here)
-    NAIVE_LIVE_TENSORS, TOP_K, Context, agreement, case_floor, case_forward, case_lens, case_naive,
+    NAIVE_LIVE_TENSORS,
+    TOP_K,
+    Context,
+    agreement,
+    case_floor,
+    case_forward,
+    case_lens,
+    case_naive,
     normalised_resid,
 )
-from bench.measure import load_average, machine_info, measure_interleaved, naive_limit_bytes, release_memory  # noqa: E402
-from bench import report as report_module  # noqa: E402
+from bench.measure import (  # noqa: E402
+    load_average,
+    machine_info,
+    measure_interleaved,
+    naive_limit_bytes,
+    release_memory,
+)
 from bench.report import figure, markdown, ratios, write_json, write_plot  # noqa: E402,F401
 
 PASSAGE = HERE / "passage.txt"
@@ -148,9 +160,9 @@ def prompt_of_length(model, text: str, n_tokens: int) -> tuple[str, torch.Tensor
 
 def run(args: argparse.Namespace) -> dict:
     import lenslib
-    from lenslib.fast_forward import sdpa_unavailable_reason
-    from lenslib.lens import _residual_hooks
-    from lenslib.lens_stats import DEFAULT_CHUNK_BYTES, TILE_COLUMNS
+    from lenslib.core.bridge import residual_hooks
+    from lenslib.core.forward import sdpa_unavailable_reason
+    from lenslib.core.stats import DEFAULT_CHUNK_BYTES, TILE_COLUMNS
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     out_dir = Path(args.out)
@@ -203,7 +215,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"[bench] loading {name} on {args.device} ({args.dtype})", flush=True)
         model = lenslib.load_model(name, device=args.device, dtype=dtype)
         hf_sdpa = bench_cases.load_hf_sdpa(name, dtype, args.device) if "e'" in args.cases else None
-        reason = sdpa_unavailable_reason(model, _residual_hooks(int(model.cfg.n_layers), False))
+        reason = sdpa_unavailable_reason(model, residual_hooks(int(model.cfg.n_layers), False))
         report["forward_paths"][name] = "bridge" if reason else "sdpa"
         with torch.no_grad():  # warm-up: first calls allocate, pick kernels, build the SDPA shadow
             warm, warm_tokens, _ = prompt_of_length(model, text, min(16, int(model.cfg.n_ctx)))

@@ -62,17 +62,17 @@ def machine_info(device: str, dtype: torch.dtype) -> dict:
 
 def _statistics_path(device: str) -> str:
     """Which tile update the lens used: the fused C kernel or plain torch."""
-    from lenslib import native_kernel
+    from lenslib.core import native_kernel
 
     if device == "cpu" and native_kernel.available():
         openmp = "OpenMP" if native_kernel.load().lens_tile_openmp() else "Python threads"
-        return f"fused C kernel (lenslib/kernels/lens_tile.c, {openmp})"
-    return "plain torch (lenslib.tile_update.torch_tile_update)"
+        return f"fused C kernel (lenslib/core/kernels/lens_tile.c, {openmp})"
+    return "plain torch (lenslib.core.tile_update.torch_tile_update)"
 
 
 def _matmul_path(device: str, dtype: torch.dtype) -> str:
     """Which library the lens's tile matmuls use for a bridge's W_U (a view of lm_head's weight)."""
-    from lenslib.onednn import matmul_backend
+    from lenslib.core.onednn import matmul_backend
 
     rows = torch.empty(1, 8, device=device, dtype=dtype)
     W_U = torch.empty(16, 8, device=device, dtype=dtype).T

@@ -33,15 +33,16 @@ from bench.cases import TOP_K, case_tl_targets, case_tl_top_k  # noqa: E402
 def float64_reference(name: str, tokens: torch.Tensor) -> dict:
     """``[layer, pos]`` entropy (nats) and 0-based next-token rank, and ``[layer, pos]`` top-1, in
     float64 from Hugging Face's own model cast to float64."""
-    import lenslib
     from transformers import AutoModelForCausalLM
 
+    import lenslib
+
     if name == "tiny-llama":
-        from lenslib.random_models import tiny_hf_model
+        from lenslib.models.random_weights import tiny_hf_model
 
         hf = tiny_hf_model(seed=0)[0]
     else:
-        hf = AutoModelForCausalLM.from_pretrained(lenslib.models.hf_model_dir(name), attn_implementation="eager")
+        hf = AutoModelForCausalLM.from_pretrained(lenslib.models.loading.hf_model_dir(name), attn_implementation="eager")
     hf = hf.double().eval()
     out = hf(tokens, output_hidden_states=True)
     hidden = list(out.hidden_states)

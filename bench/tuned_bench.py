@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 
 def targets(lens) -> list[tuple[str, bool, str]]:
     """The issue's targets on the held-out scores in ``lens.record``."""
-    from lenslib.tuned_report import heldout_frame
+    from lenslib.reports.tuned import heldout_frame
 
     return frame_targets(heldout_frame(lens))
 
@@ -101,8 +101,8 @@ def main() -> int:
     if args.fresh:
         os.environ["LENSLIB_CACHE"] = tempfile.mkdtemp(prefix="lenslib-tuned-bench-")
     import lenslib
-    from lenslib.tuned_cache import fitted_lens
-    from lenslib.tuned_report import fit_table
+    from lenslib.reports.tuned import fit_table
+    from lenslib.tuned.cache import tuned_lens
 
     lines = ["# Tuned-lens fit report and benchmark (issue 11)", "",
              f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -112,7 +112,7 @@ def main() -> int:
     for name in args.models.split(","):
         started = time.perf_counter()
         model = lenslib.load_model(name)
-        lens = fitted_lens(name, model=model)
+        lens = tuned_lens(model)
         obtained = time.perf_counter() - started
         checks = targets(lens)
         cost = lens_call_cost(model, lens, args.tokens, args.reps)

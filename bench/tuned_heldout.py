@@ -3,7 +3,7 @@
 The fit report (``tuned_results.md``) scores each lens on the first ~500-600 tokens of the
 held-out split, to keep set-up short. This scores the logit lens, the least-squares start and
 the tuned lens on all of it (``heldout_tokens`` of the recipe: 10,240), through the same tiled
-full-vocabulary statistics (:func:`lenslib.lens_eval.evaluate_lens`), and checks the issue's
+full-vocabulary statistics (:func:`lenslib.tuned.evaluate.evaluate_lens`), and checks the issue's
 targets on that. It costs about 0.14 s per token per three lenses on Gemma on 2 cores.
 
     python bench/tuned_heldout.py --out bench     # writes tuned_heldout.md and .json
@@ -30,13 +30,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
 
-    import lenslib
-    from lenslib import corpus
-    from lenslib.lens_eval import evaluate_lens
-    from lenslib.tuned_cache import fitted_lens
-    from lenslib.tuned_fit import collect_residuals
-    from lenslib.tuned_report import side_by_side
     from tuned_bench import frame_targets, target_rows, write_report
+
+    import lenslib
+    from lenslib.reports.tuned import side_by_side
+    from lenslib.tuned import corpus
+    from lenslib.tuned.cache import tuned_lens
+    from lenslib.tuned.evaluate import evaluate_lens
+    from lenslib.tuned.fit import collect_residuals
 
     lines = ["# Tuned lenses on the whole held-out split (issue 11)", "",
              f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads; "
@@ -44,8 +45,8 @@ def main() -> int:
     results = {}
     for name in args.models.split(","):
         model = lenslib.load_model(name)
-        tuned = fitted_lens(name, model=model, progress=False)
-        start = fitted_lens(name, model=model, least_squares=True, progress=False)
+        tuned = tuned_lens(model, progress=False)
+        start = tuned_lens(model, least_squares=True, progress=False)
         recipe = tuned.record["fit"]["recipe"]
         n_tokens = args.tokens or recipe["heldout_tokens"]
         texts = corpus.split_texts(model.tokenizer, "heldout", n_tokens, seq_len=recipe["seq_len"], seed=recipe["seed"])

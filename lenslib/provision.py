@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 import time
 
-from lenslib import native_kernel
-from lenslib.models import BUNDLED, ModelNotAvailableError, hf_model_dir
+from lenslib.core import native_kernel
+from lenslib.models.loading import BUNDLED, ModelNotAvailableError, hf_model_dir
 
 
 def main() -> int:
@@ -33,8 +33,8 @@ def main() -> int:
 
 def _tuned_lenses() -> int:
     """Fit (first time) or check (cached) every bundled model's tuned lens."""
-    from lenslib.corpus import CorpusNotAvailableError
-    from lenslib.tuned_cache import fitted_lens
+    from lenslib.tuned.cache import fitted_lens
+    from lenslib.tuned.corpus import CorpusNotAvailableError
 
     for name in BUNDLED:
         started = time.perf_counter()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import lenslib
-from lenslib.random_models import TINY_SIZES
+from lenslib.models.random_weights import TINY_SIZES
 
 warnings.filterwarnings("ignore", message=".*torch_dtype.*")
 
@@ -31,7 +31,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_hf():
     """A second, independent instance of the tiny model's Hugging Face weights (same seed)."""
-    from lenslib.random_models import tiny_hf_model
+    from lenslib.models.random_weights import tiny_hf_model
 
     return tiny_hf_model(seed=0)[0]
 
@@ -54,11 +54,11 @@ def gemma():
 def smollm2_hf():
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(lenslib.models.hf_model_dir("smollm2-135m"))
+    return AutoModelForCausalLM.from_pretrained(lenslib.models.loading.hf_model_dir("smollm2-135m"))
 
 
 @pytest.fixture(scope="session")
 def gemma_hf():
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(lenslib.models.hf_model_dir("gemma-3-270m"))
+    return AutoModelForCausalLM.from_pretrained(lenslib.models.loading.hf_model_dir("gemma-3-270m"))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import lenslib
-from lenslib.answers import answer_ids, joint_lens
+from lenslib.core.tokens import answer_ids
+from lenslib.lens.answers import joint_lens
 from tests.hf_reference import reference_lens
 
 
@@ -76,7 +77,7 @@ def test_joint_results_say_which_forward_ran_and_keep_a_single_tokens_own_probab
     assert joint.forward_path == "sdpa"
     bridge = lenslib.logit_lens(tiny, "ab", target=" cd", positions="last", forward="bridge")
     assert bridge.forward_path == "bridge"
-    from lenslib.answers import joint_lens
+    from lenslib.lens.answers import joint_lens
 
     single = joint_lens(tiny, [tiny.to_tokens("ab")[0]], [[int(tiny.to_single_token("c"))]])[0]
     plain = lenslib.logit_lens(tiny, "ab", target="c", positions="last")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lenslib.attribution import attribute
+from lenslib.causal.attribution import attribute
 from tests.hf_reference import reference_attribution
 
 PROMPT = "The Eiffel Tower is located in the city of"
@@ -20,7 +20,7 @@ def _check_against_reference(model, hf_model, prompt, target, versus=None, atol=
     t = model.to_single_token(target)
     v = None if versus is None else model.to_single_token(versus)
     labels, ref, constant, total = reference_attribution(hf_model, _ids(model, prompt), t, v)
-    assert result.labels == labels
+    assert result.component_labels == labels
     scale = max(abs(total), float(ref.abs().max()), 1.0)
     torch.testing.assert_close(result.contributions.double(), ref, rtol=0, atol=atol * scale)
     assert result.constant == pytest.approx(constant, abs=1e-6)
@@ -33,7 +33,7 @@ def _check_against_reference(model, hf_model, prompt, target, versus=None, atol=
 
 def test_tiny_matches_reference_and_adds_up(tiny, tiny_hf):
     result = _check_against_reference(tiny, tiny_hf, "abcab", "c", atol=1e-5)
-    assert result.labels[:3] == ["embed", "0_attn", "0_mlp"] and len(result.labels) == 5
+    assert result.component_labels[:3] == ["embed", "0_attn", "0_mlp"] and len(result.component_labels) == 5
     assert result.contributions.abs().min() > 0  # non-trivial: every part writes something
 
 
@@ -48,11 +48,11 @@ def test_per_head_adds_up_to_the_attention_block(tiny):
     blocks = attribute(tiny, "abcab", target="c")
     heads = attribute(tiny, "abcab", target="c", per_head=True)
     n_heads = int(tiny.cfg.n_heads)
-    assert len(heads.labels) == 1 + tiny.cfg.n_layers * (n_heads + 1)
-    assert heads.labels[1:3] == ["0_attn_h0", "0_attn_h1"]
+    assert len(heads.component_labels) == 1 + tiny.cfg.n_layers * (n_heads + 1)
+    assert heads.component_labels[1:3] == ["0_attn_h0", "0_attn_h1"]
     for l in range(tiny.cfg.n_layers):
-        summed = sum(v for v, lab in zip(heads.contributions.tolist(), heads.labels) if lab.startswith(f"{l}_attn_h"))
-        assert summed == pytest.approx(float(blocks.contributions[blocks.labels.index(f"{l}_attn")]), abs=1e-5)
+        summed = sum(v for v, lab in zip(heads.contributions.tolist(), heads.component_labels) if lab.startswith(f"{l}_attn_h"))
+        assert summed == pytest.approx(float(blocks.contributions[blocks.component_labels.index(f"{l}_attn")]), abs=1e-5)
     torch.testing.assert_close(heads.by_layer(), blocks.by_layer(), atol=1e-5, rtol=0)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import pytest
 
-from lenslib.attribution import attribute
-from lenslib.attribution_plots import contributions_figure, patching_heatmap
-from lenslib.patching import patch_layers
+from lenslib.causal.attribution import attribute
+from lenslib.causal.patching import patch_layers
+from lenslib.plotting.attribution import contributions_figure, patching_heatmap
 
 
 def test_contributions_figure(tiny):
@@ -32,7 +32,7 @@ def test_per_head_figure_sums_heads(tiny):
 
 
 def test_patching_heatmap(tiny):
-    result = patch_layers(tiny, "abcab", "abdab", "c", metric="logit")
+    result = patch_layers(tiny, "abcab", "abdab", target="c", metric="logit")
     fig = patching_heatmap(result)
     assert isinstance(fig, go.Figure)
     assert fig.data[0].z.shape == (3, 6)

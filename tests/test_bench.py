@@ -118,8 +118,9 @@ def test_agreement_reports_a_disagreement(bench, tiny):
     """A wrong top-1, entropy or rank on lenslib's side is counted, not hidden."""
     import copy
 
-    import lenslib
     import torch
+
+    import lenslib
     from bench.cases import agreement, case_tl_targets, case_tl_top_k
 
     prompt, tokens, _ = bench.prompt_of_length(tiny, bench.PASSAGE.read_text(), 12)
@@ -183,8 +184,9 @@ def test_cases_option_runs_a_subset_and_the_ratios_say_what_is_missing(bench, tm
 
 def test_cases_compute_what_the_lens_computes(bench, tiny):
     """c gives the lens's statistics, and d's matmul gives its logits: the ratios compare like with like."""
-    import lenslib
     import torch
+
+    import lenslib
 
     model = tiny
     prompt, tokens, _ = bench.prompt_of_length(model, bench.PASSAGE.read_text(), 20)

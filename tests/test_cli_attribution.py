@@ -25,10 +25,10 @@ def test_attribute_writes_json_csv_html(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "final norm scale frozen" in out.stdout and len([l for l in out.stdout.splitlines() if l.startswith("  ")]) == 3
     data = json.loads((tmp_path / "a.json").read_text())
-    assert data["labels"][:2] == ["embed", "0_attn_h0"] and data["versus_token"] == "d"
+    assert data["component_labels"][:2] == ["embed", "0_attn_h0"] and data["versus_token"] == "d"
     assert abs(sum(data["contributions"]) + data["constant"] - data["total"]) < 1e-4
     frame = pd.read_csv(tmp_path / "a.csv")
-    assert list(frame.columns) == ["label", "layer", "kind", "contribution"] and len(frame) == len(data["labels"])
+    assert list(frame.columns) == ["component", "block", "kind", "contribution"] and len(frame) == len(data["component_labels"])
     page = (tmp_path / "a.html").read_text()
     assert "Plotly.newPlot" in page and "<script src=" not in page
 
@@ -62,16 +62,16 @@ def test_usage_errors_are_one_line(args, message):
 
 
 def test_warnings_print_as_one_line(monkeypatch, capsys):
-    import lenslib
-    from lenslib import cli
+    import lenslib.lens.logit_lens as module
+    from lenslib.cli import main as cli
 
-    real = lenslib.logit_lens
+    real = module.logit_lens
 
     def noisy(*args, **kwargs):
         warnings.warn("something\nto know", UserWarning)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lenslib, "logit_lens", noisy)
+    monkeypatch.setattr(module, "logit_lens", noisy)  # what lenslib.cli.lens calls
     assert cli.main(["lens", "abc", "--model", "tiny-llama"]) == 0
     err = capsys.readouterr().err
     assert err == "lenslib: warning: something to know\n"

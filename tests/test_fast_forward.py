@@ -1,4 +1,4 @@
-"""The SDPA residual-only forward (lenslib.fast_forward) against the bridge's eager run_with_cache.
+"""The SDPA residual-only forward (lenslib.core.forward) against the bridge's eager run_with_cache.
 
 The bridge is the reference: the same residual stream within fp32 tolerance, and the same lens
 up to ties, on the tiny model and both bundled models. The Gemma test runs past the model's
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import lenslib
-from lenslib.fast_forward import residual_cache, sdpa_unavailable_reason
-from lenslib.lens import _residual_hooks
+from lenslib.core.bridge import residual_hooks
+from lenslib.core.forward import residual_cache, sdpa_unavailable_reason
 
 PROMPTS = ["The cat sat on the mat.", "Hi!", "Right padding must never reach a real position."]
 
@@ -59,7 +59,7 @@ def _assert_same_lens(fast, slow, k_checked=3):
 
 def test_tiny_residual_stream_matches_the_bridge(tiny):
     tokens = tiny.to_tokens("The quick brown fox jumps over the lazy dog.")
-    _assert_same_stream(tiny, tokens, _residual_hooks(int(tiny.cfg.n_layers), incl_mid=True))
+    _assert_same_stream(tiny, tokens, residual_hooks(int(tiny.cfg.n_layers), incl_mid=True))
 
 
 def test_tiny_lens_matches_the_bridge_all_paths(tiny):
@@ -85,7 +85,7 @@ def test_tiny_padded_stream_matches_the_bridge(tiny):
     mask = torch.zeros_like(batch)
     for row, ids in enumerate(tokens):
         batch[row, : ids.numel()], mask[row, : ids.numel()] = ids, 1
-    _assert_same_stream(tiny, batch, _residual_hooks(int(tiny.cfg.n_layers), incl_mid=True), mask)
+    _assert_same_stream(tiny, batch, residual_hooks(int(tiny.cfg.n_layers), incl_mid=True), mask)
 
 
 def test_bos_handling_is_unchanged(tiny):
@@ -100,7 +100,7 @@ def test_bos_handling_is_unchanged(tiny):
 
 def test_pos_slice_keeps_one_position(tiny):
     tokens = tiny.to_tokens("abcdef")
-    names = _residual_hooks(int(tiny.cfg.n_layers), False)
+    names = residual_hooks(int(tiny.cfg.n_layers), False)
     full, _ = residual_cache(tiny, tokens, names, forward="sdpa")
     one, path = residual_cache(tiny, tokens, names, pos_slice=4, forward="sdpa")
     assert path == "sdpa"
@@ -110,7 +110,7 @@ def test_pos_slice_keeps_one_position(tiny):
 
 
 def test_falls_back_to_the_bridge_when_a_hook_is_attached(tiny):
-    names = _residual_hooks(int(tiny.cfg.n_layers), False)
+    names = residual_hooks(int(tiny.cfg.n_layers), False)
     assert sdpa_unavailable_reason(tiny, names) is None
     seen = []
     tiny.blocks[0].hook_resid_pre.add_hook(lambda act, hook: seen.append(hook.name))
@@ -127,7 +127,7 @@ def test_falls_back_to_the_bridge_when_a_hook_is_attached(tiny):
 
 
 def test_falls_back_for_other_hooks_and_processed_weights():
-    from lenslib.random_models import tiny_model
+    from lenslib.models.random_weights import tiny_model
 
     model = tiny_model()
     assert "hooks other than the residual stream" in sdpa_unavailable_reason(model, ["blocks.0.attn.hook_pattern"])
@@ -142,21 +142,21 @@ def test_bad_forward_value(tiny):
 
 
 def test_shadow_shares_the_bridges_weights(tiny):
-    from lenslib.fast_forward import _shadow
+    from lenslib.core.forward import sdpa_shadow
 
-    shadow, layers_path, ln2_name = _shadow(tiny)
+    shadow, layers_path, ln2_name = sdpa_shadow(tiny)
     assert (layers_path, ln2_name) == ("model.layers", "post_attention_layernorm")
     assert shadow.config._attn_implementation == "sdpa"
     assert tiny.original_model.config._attn_implementation == "eager"  # the bridge is untouched
     q_bridge = tiny.blocks[0].attn.original_component.q_proj.original_component.weight
     assert shadow.model.layers[0].self_attn.q_proj.weight.data_ptr() == q_bridge.data_ptr()
-    assert _shadow(tiny)[0] is shadow  # built once
+    assert sdpa_shadow(tiny)[0] is shadow  # built once
 
 
 def test_tiny_sdpa_stream_matches_hugging_face_hidden_states(tiny, tiny_hf):
     """Independent of the bridge: Hugging Face's own hidden states are the block inputs."""
     tokens = tiny.to_tokens("Hello there, world")
-    names = _residual_hooks(int(tiny.cfg.n_layers), False)
+    names = residual_hooks(int(tiny.cfg.n_layers), False)
     cache, _ = residual_cache(tiny, tokens, names, forward="sdpa")
     with torch.no_grad():
         hidden = tiny_hf(tokens, output_hidden_states=True).hidden_states
@@ -173,7 +173,7 @@ def test_real_models_residual_stream_and_lens_match_the_bridge(name, n_tokens, r
     text = (Path(__file__).resolve().parents[1] / "bench" / "passage.txt").read_text()
     tokens = model.to_tokens(text)[:, :n_tokens]
     assert tokens.shape == (1, n_tokens)
-    _assert_same_stream(model, tokens, _residual_hooks(int(model.cfg.n_layers), incl_mid=True))
+    _assert_same_stream(model, tokens, residual_hooks(int(model.cfg.n_layers), incl_mid=True))
     prompt = "The Eiffel Tower is located in the city of"
     fast = lenslib.logit_lens(model, prompt, k=5, target=" Paris", incl_mid=True)
     slow = lenslib.logit_lens(model, prompt, k=5, target=" Paris", incl_mid=True, forward="bridge")
@@ -181,20 +181,20 @@ def test_real_models_residual_stream_and_lens_match_the_bridge(name, n_tokens, r
 
 
 def test_shadow_is_rebuilt_when_the_bridges_tensors_change():
-    from lenslib.fast_forward import _shadow
-    from lenslib.random_models import tiny_model
+    from lenslib.core.forward import sdpa_shadow
+    from lenslib.models.random_weights import tiny_model
 
     model = tiny_model()
-    shadow = _shadow(model)[0]
+    shadow = sdpa_shadow(model)[0]
     q_proj = model.blocks[0].attn.original_component.q_proj.original_component
     q_proj.weight.data.mul_(2.0)  # in place: the shadow shares the memory, nothing to rebuild
-    assert _shadow(model)[0] is shadow
+    assert sdpa_shadow(model)[0] is shadow
     q_proj.weight = torch.nn.Parameter(q_proj.weight.detach() * 0.5)  # replaced
-    rebuilt = _shadow(model)[0]
+    rebuilt = sdpa_shadow(model)[0]
     assert rebuilt is not shadow
     assert rebuilt.model.layers[0].self_attn.q_proj.weight.data_ptr() == q_proj.weight.data_ptr()
     model.to(torch.float64)  # cast: new data everywhere
-    assert _shadow(model)[0] is not rebuilt
+    assert sdpa_shadow(model)[0] is not rebuilt
     cache, path = residual_cache(model, model.to_tokens("abc"), ["blocks.1.hook_resid_post"])
     assert path == "sdpa" and cache["blocks.1.hook_resid_post"].dtype == torch.float64
 
@@ -204,7 +204,7 @@ def test_a_dropped_model_is_freed_after_the_lens_ran():
     import gc
     import weakref
 
-    from lenslib.random_models import tiny_model
+    from lenslib.models.random_weights import tiny_model
 
     model = tiny_model()
     assert lenslib.logit_lens(model, "abc").forward_path == "sdpa"

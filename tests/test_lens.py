@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from hf_reference import final_norm, reference_lens
 
 import lenslib
-from hf_reference import final_norm, reference_lens
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 
@@ -149,12 +149,12 @@ def test_per_prompt_targets(tiny):
 
 
 def test_output_transform_identity_takes_the_fast_path_and_softcap_is_applied(tiny, monkeypatch):
-    from lenslib.lens import _output_transform
+    from lenslib.core.bridge import output_transform
 
-    assert _output_transform(tiny) is None  # TransformerLens's -1.0 means "no soft-cap"
+    assert output_transform(tiny) is None  # TransformerLens's -1.0 means "no soft-cap"
     plain = lenslib.logit_lens(tiny, "abc")
     monkeypatch.setattr(tiny.adapter.cfg, "output_logits_soft_cap", 1.0)
-    assert _output_transform(tiny) is not None
+    assert output_transform(tiny) is not None
     capped = lenslib.logit_lens(tiny, "abc")
     # a cap of 1 squeezes every logit into (-1, 1): distributions flatten
     assert (capped.entropy > plain.entropy).all()
@@ -163,7 +163,7 @@ def test_output_transform_identity_takes_the_fast_path_and_softcap_is_applied(ti
 
 @pytest.mark.parametrize("forward", ["bridge", "sdpa"])
 def test_bfloat16_model_gives_float32_statistics_close_to_fp32(result, forward):
-    from lenslib.random_models import tiny_hf_model, tiny_model
+    from lenslib.models.random_weights import tiny_hf_model, tiny_model
 
     bf16 = tiny_model(dtype=torch.bfloat16)
     assert bf16.W_U.dtype == torch.bfloat16
@@ -235,7 +235,7 @@ def test_to_frame_and_str(result):
 def test_collection_is_paused_while_token_lists_are_built_then_restored(tiny, monkeypatch, enabled_before):
     import gc
 
-    import lenslib.lens as lens_module
+    import lenslib.lens.batch as lens_module
 
     states = []
     real = lens_module.LensResult
@@ -257,7 +257,7 @@ def test_collection_is_paused_while_token_lists_are_built_then_restored(tiny, mo
 
 def test_all_positions_lens_decodes_the_stream_in_place(tiny, monkeypatch):
     """All positions, one prompt: the stack goes to lens_stats as a view, not a copy."""
-    import lenslib.lens as lens_module
+    import lenslib.lens.batch as lens_module
 
     seen = {}
     real = lens_module.lens_stats

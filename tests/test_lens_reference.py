@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hf_reference import reference_lens
 
 import lenslib
-from hf_reference import reference_lens
 
 pytestmark = pytest.mark.real_model
 

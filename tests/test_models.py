@@ -10,14 +10,15 @@ import subprocess
 import sys
 import textwrap
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 import lenslib
-from lenslib import model_cache, models
+from lenslib.models import cache as model_cache
+from lenslib.models import loading as models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,7 +104,7 @@ _BUILDER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from lenslib import model_cache
+    from lenslib.models import cache as model_cache
     log = Path(sys.argv[1])
     def build(out):
         with log.open("a") as f: f.write(f"build {os.getpid()}\\n")

@@ -1,4 +1,4 @@
-"""The notebooks' prose states only what their outputs show (lenslib.notebook_claims).
+"""The notebooks' prose states only what their outputs show (lenslib.checks.prose_numbers).
 
 nbmake re-executes the notebooks but never reads their prose; this test does. It runs on the
 committed notebooks, which `make run` re-executes, so a rerun that changes a stated number makes
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lenslib.notebook_claims import unsupported_claims
+from lenslib.checks.prose_numbers import unsupported_claims
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 

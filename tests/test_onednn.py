@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import lenslib
-from lenslib import onednn as tm
-from lenslib.lens_stats import lens_stats
+from lenslib.core import onednn as tm
+from lenslib.core.stats import lens_stats
 
 needs_onednn = pytest.mark.skipif(
     tm.onednn_unavailable_reason(torch.empty(1, 8), torch.empty(16, 8).T) is not None,
@@ -135,14 +135,14 @@ def test_linear_layers_stay_with_torch_when_asked(monkeypatch):
 
 @needs_onednn
 def test_the_sdpa_shadow_runs_its_linear_layers_on_onednn(monkeypatch):
-    from lenslib.fast_forward import _shadow
-    from lenslib.random_models import tiny_model
+    from lenslib.core.forward import sdpa_shadow
+    from lenslib.models.random_weights import tiny_model
 
     model = tiny_model()
-    shadow = _shadow(model)[0]
+    shadow = sdpa_shadow(model)[0]
     assert type(shadow.model.layers[0].self_attn.q_proj) is tm.OneDNNLinear
     monkeypatch.setenv("LENSLIB_MATMUL", "torch")  # a changed setting rebuilds the shadow
-    plain = _shadow(model)[0]
+    plain = sdpa_shadow(model)[0]
     assert plain is not shadow and type(plain.model.layers[0].self_attn.q_proj) is torch.nn.Linear
 
 

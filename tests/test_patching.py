@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lenslib.patching import _metric, patch_layers, run_patched
+from lenslib.causal.patching import metric_value, patch_layers, run_patched
 
 CLEAN, CORRUPT = "abcab", "abdab"  # the tiny model's tokenizer is one token per character
 
@@ -43,7 +43,7 @@ def test_patching_everything_gives_clean_nothing_gives_corrupt(tiny):
 
 
 def test_patch_layers_result(tiny):
-    result = patch_layers(tiny, CLEAN, CORRUPT, "c", metric="logit", batch_size=4)
+    result = patch_layers(tiny, CLEAN, CORRUPT, target="c", metric="logit", batch_size=4)
     assert result.restored.shape == (3, 6) and result.layer_labels == ["0_pre", "1_pre", "final_post"]
     assert result.clean_tokens[3] == "c" and result.corrupt_tokens[3] == "d"
     # positions before the changed token hold the same stream in both runs: nothing to restore
@@ -56,34 +56,34 @@ def test_patch_layers_result(tiny):
     expected = (result.metric.double() - result.corrupt_value) / (result.clean_value - result.corrupt_value)
     torch.testing.assert_close(result.restored.double(), expected, atol=1e-5, rtol=0)
     # skipping provable no-ops changes nothing
-    full = patch_layers(tiny, CLEAN, CORRUPT, "c", metric="logit", skip_no_ops=False, batch_size=5)
+    full = patch_layers(tiny, CLEAN, CORRUPT, target="c", metric="logit", skip_no_ops=False, batch_size=5)
     torch.testing.assert_close(full.metric, result.metric, atol=1e-5, rtol=0)
 
 
 def test_prob_and_logit_diff_metrics(tiny):
-    prob = patch_layers(tiny, CLEAN, CORRUPT, "c")
+    prob = patch_layers(tiny, CLEAN, CORRUPT, target="c")
     assert prob.metric_name == "prob" and 0 < prob.clean_value < 1
-    diff = patch_layers(tiny, CLEAN, CORRUPT, "c", versus="d")
+    diff = patch_layers(tiny, CLEAN, CORRUPT, target="c", versus="d")
     assert diff.metric_name == "logit_diff"
     with torch.no_grad():
         logits = tiny(tiny.to_tokens(CLEAN))[0, -1:].double()
-    assert diff.clean_value == pytest.approx(float(_metric(logits, "logit_diff", tiny.to_single_token("c"), tiny.to_single_token("d"))), abs=1e-6)
+    assert diff.clean_value == pytest.approx(float(metric_value(logits, "logit_diff", tiny.to_single_token("c"), tiny.to_single_token("d"))), abs=1e-6)
     assert prob.clean_value == pytest.approx(float(logits.softmax(-1)[0, tiny.to_single_token("c")]), abs=1e-7)
 
 
 def test_bad_input(tiny):
     with pytest.raises(ValueError, match="same number of tokens"):
-        patch_layers(tiny, "abc", "abcd", "c")
+        patch_layers(tiny, "abc", "abcd", target="c")
     with pytest.raises(ValueError, match="nothing to restore"):
-        patch_layers(tiny, "abc", "abc", "c")
+        patch_layers(tiny, "abc", "abc", target="c")
     with pytest.raises(ValueError, match="empty"):
-        patch_layers(tiny, "abc", "abd", "")
+        patch_layers(tiny, "abc", "abd", target="")
     with pytest.raises(ValueError, match="2 tokens"):
-        patch_layers(tiny, "abc", "abd", "cd")
+        patch_layers(tiny, "abc", "abd", target="cd")
     with pytest.raises(ValueError, match="needs versus"):
-        patch_layers(tiny, "abc", "abd", "c", metric="logit_diff")
+        patch_layers(tiny, "abc", "abd", target="c", metric="logit_diff")
     with pytest.raises(ValueError, match="metric must be"):
-        patch_layers(tiny, "abc", "abd", "c", metric="kl")
+        patch_layers(tiny, "abc", "abd", target="c", metric="kl")
 
 
 @pytest.mark.real_model

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lenslib
-from lenslib.placement import Placement, resolve_placement
+from lenslib.models.placement import Placement, resolve_placement
 
 PROMPT = "The Eiffel Tower is located in the city of"
 
@@ -83,7 +83,7 @@ def test_bfloat16_bundled_model_end_to_end(smollm2, forward):
     assert torch.equal(got.top_ids[-1, :, 0], ref.top_ids[-1, :, 0])
     assert (got.top_ids[..., 0] == ref.top_ids[..., 0]).float().mean() > 0.8
     hf = AutoModelForCausalLM.from_pretrained(
-        lenslib.models.hf_model_dir("smollm2-135m"), dtype=torch.bfloat16,
+        lenslib.models.loading.hf_model_dir("smollm2-135m"), dtype=torch.bfloat16,
         attn_implementation="sdpa" if forward == "sdpa" else "eager",
     )
     with torch.no_grad():

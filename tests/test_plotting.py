@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 
 import lenslib
-from lenslib.plotting import (
+from lenslib.plotting.lens import (
     GRID_STATS,
     clean_token,
     configure_static_images,
@@ -250,8 +250,8 @@ def test_configure_static_images_without_browser(monkeypatch):
 
 
 def test_static_png_export(monkeypatch, result):
-    from choreographer.browsers.chromium import Chromium
     import plotly.io as pio
+    from choreographer.browsers.chromium import Chromium
 
     path = os.environ.get("BROWSER_PATH") or Chromium.find_browser(skip_local=False)
     if not path:
@@ -269,8 +269,8 @@ def test_recall_trajectories_keep_every_legend_entry_in_the_static_image():
     import pandas as pd
     import torch
 
-    from lenslib.plotting import recall_trajectories
-    from lenslib.recall import RecallRun
+    from lenslib.plotting.lens import recall_trajectories
+    from lenslib.recall.analysis import RecallRun
 
     relations = [f"relation_{i}" for i in range(11)]
     table = pd.DataFrame({"relation": [r for r in relations for _ in range(2)]})

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import lenslib
-from lenslib.recall import (
+from lenslib.recall.analysis import (
     RecallRun,
     accuracy_by_relation,
     emergence_by_relation,
     emergence_layer,
     run_recall,
 )
-from lenslib.recall_data import (
+from lenslib.recall.dataset import (
     RecallItem,
     answer_token_ids,
     load_recall_dataset,
@@ -229,7 +229,7 @@ def test_answers_tokenize_alike_alone_and_in_context_and_some_are_several_tokens
     """Most answers are one Gemma token; the several-token ones are exactly the multi-word names."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(lenslib.models.hf_model_dir("gemma-3-270m"))
+    tokenizer = AutoTokenizer.from_pretrained(lenslib.models.loading.hf_model_dir("gemma-3-270m"))
     items = load_recall_dataset()
     several = {item.answer for item, single in zip(items, single_token_flags(items, tokenizer)) if not single}
     assert several == {item.answer for item in items if " " in item.answer.strip() or "-" in item.answer}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lenslib import native_kernel
-from lenslib.lens_stats import lens_stats
-from lenslib.tile_update import RunningStats, torch_tile_update
+from lenslib.core import native_kernel
+from lenslib.core.stats import lens_stats
+from lenslib.core.tile_update import RunningStats, torch_tile_update
 
 FIELDS = ("top_val", "top_id", "row_max", "sum_w", "sum_wz", "sum_fz", "above", "target_val")
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from tokenizers import Tokenizer
 from tokenizers.models import BPE, WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
-from lenslib.tokenizer_files import compact_bpe_merges
+from lenslib.models.tokenizer_files import compact_bpe_merges
 
 TEXTS = ["abc abd", "cab bad dab", "a b c d", "abcd dcba", ""]
 

@@ -1,4 +1,4 @@
-"""The cached tokenizers load fast (lenslib.models.load_cached_tokenizer) and still tokenize
+"""The cached tokenizers load fast (lenslib.models.loading.load_cached_tokenizer) and still tokenize
 exactly as transformers' own loader does: the lens's reference tests cannot catch a tokenizer
 change, because the lens and the reference share the input ids."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lenslib.models import BUNDLED, hf_model_dir, load_cached_tokenizer
-from lenslib.tokenizer_files import compact_bpe_merges
+from lenslib.models.loading import BUNDLED, hf_model_dir, load_cached_tokenizer
+from lenslib.models.tokenizer_files import compact_bpe_merges
 
 pytestmark = pytest.mark.real_model
 
@@ -34,7 +34,7 @@ AWKWARD = [
 
 
 def _texts() -> list[str]:
-    from lenslib.recall_data import load_recall_dataset
+    from lenslib.recall.dataset import load_recall_dataset
 
     items = load_recall_dataset()
     return AWKWARD + PASSAGE.split("\n\n") + [PASSAGE] + [i.prompt for i in items] + [i.answer for i in items]

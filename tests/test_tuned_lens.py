@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import lenslib
-from lenslib.corpus import NotEnoughTextError
-from lenslib.tuned_lens import LensMismatchError, TunedLens
+from lenslib.tuned.corpus import NotEnoughTextError
+from lenslib.tuned.recipe import FitRecipe
+from lenslib.tuned.translators import LensMismatchError, TunedLens
 
 TEXTS = [
     "The cat sat on the mat and looked at the door.",
@@ -90,7 +91,7 @@ def test_tuned_lens_matches_a_dense_float64_computation(tiny, tiny_hf):
 
 
 def test_evaluate_lens_matches_dense_float64(tiny, tiny_hf):
-    from lenslib.lens_eval import evaluate_lens
+    from lenslib.tuned.evaluate import evaluate_lens
 
     lens = random_lens(tiny, scale=0.2)
     texts = ["Hello there, world", "abc def"]
@@ -162,10 +163,11 @@ def test_incl_mid_needs_mid_translators(tiny):
 
 
 def test_fit_lowers_heldout_kl_on_the_tiny_model(tiny):
-    from lenslib.lens_eval import evaluate_lens
-    from lenslib.tuned_fit import fit_tuned_lens
+    from lenslib.tuned.evaluate import evaluate_lens
+    from lenslib.tuned.fit import fit_tuned_lens
 
-    tuned, start = fit_tuned_lens(tiny, TEXTS, recipe={"steps": 40, "batch_tokens": 64, "sample": 16, "top_k": 4, "lr": 3e-3}, progress=False)
+    fitted = fit_tuned_lens(tiny, TEXTS, recipe={"steps": 40, "batch_tokens": 64, "sample": 16, "top_k": 4, "lr": 3e-3}, progress=False)
+    tuned, start = fitted.tuned, fitted.least_squares
     scores = evaluate_lens(tiny, {"logit": None, "least_squares": start, "tuned": tuned}, HELD, progress=False)
     logit, ls, fit = (scores.mean_kl(n) for n in ("logit", "least_squares", "tuned"))
     assert fit < logit, (logit, ls, fit)
@@ -174,8 +176,8 @@ def test_fit_lowers_heldout_kl_on_the_tiny_model(tiny):
 
 
 def test_per_layer_selection_keeps_each_layers_best_translator(tiny):
-    from lenslib.lens_eval import evaluate_lens
-    from lenslib.tuned_fit import collect_residuals, select_per_layer
+    from lenslib.tuned.evaluate import evaluate_lens
+    from lenslib.tuned.fit import collect_residuals, select_per_layer
 
     good, bad = random_lens(tiny, seed=1, scale=0.01), random_lens(tiny, seed=2, scale=3.0)
     bad.A[0] = good.A[0]  # layer 0: "bad" equals "good" there, elsewhere it is far off
@@ -196,7 +198,7 @@ def test_per_layer_selection_keeps_each_layers_best_translator(tiny):
 
 
 def test_late_layers_take_their_own_learning_rate(tiny):
-    from lenslib.tuned_fit import collect_residuals, least_squares_lens, refine
+    from lenslib.tuned.fit import collect_residuals, least_squares_lens, refine
 
     resid = collect_residuals(tiny, TEXTS, progress=False)
     start = least_squares_lens(tiny, resid, progress=False)
@@ -209,11 +211,13 @@ def test_late_layers_take_their_own_learning_rate(tiny):
 
 
 def test_fit_with_validation_text_records_its_choice(tiny):
-    from lenslib.tuned_fit import fit_tuned_lens
+    from lenslib.tuned.fit import fit_tuned_lens
 
     recipe = {"steps": 10, "batch_tokens": 32, "sample": 16, "top_k": 4, "refine_tokens": 200}
-    tuned, start = fit_tuned_lens(tiny, TEXTS, recipe=recipe, progress=False, select_texts=HELD)
+    fitted = fit_tuned_lens(tiny, TEXTS, recipe=recipe, progress=False, select_texts=HELD)
+    tuned, start = fitted.tuned, fitted.least_squares
     fit = tuned.record["fit"]
+    assert fitted.choice == fit["choice"] and fitted.layer_labels == tuned.labels
     assert len(fit["choice"]) == len(tuned.labels)
     assert set(fit["choice"]) <= {"identity", "least_squares", "refined"}
     assert fit["refine_tokens"] == 200 and fit["select_tokens"] > 0
@@ -224,15 +228,16 @@ def test_fit_with_validation_text_records_its_choice(tiny):
 
 
 def test_too_little_text_says_how_much_is_needed(tiny):
-    from lenslib.tuned_fit import fit_tuned_lens
+    from lenslib.tuned.fit import fit_tuned_lens
 
     with pytest.raises(NotEnoughTextError, match="at least 256"):
         fit_tuned_lens(tiny, ["a few words"], progress=False)
 
 
 def test_cache_is_atomic_and_rebuilds_a_damaged_entry(tiny, tmp_path, monkeypatch):
-    from lenslib import corpus, tuned_cache
-    from lenslib.model_cache import DamagedCacheWarning
+    from lenslib.models.cache import DamagedCacheWarning
+    from lenslib.tuned import cache as tuned_cache
+    from lenslib.tuned import corpus
 
     monkeypatch.setenv("LENSLIB_CACHE", str(tmp_path))
     try:
@@ -240,22 +245,22 @@ def test_cache_is_atomic_and_rebuilds_a_damaged_entry(tiny, tmp_path, monkeypatc
     except corpus.CorpusNotAvailableError:
         pytest.skip("Debian's fortunes is not installed (make setup installs it)")
     recipe = {"fit_tokens": 2000, "heldout_tokens": 500, "seq_len": 64, "score_tokens": 100, "steps": 5, "batch_tokens": 32, "sample": 16, "top_k": 4}
-    lens = tuned_cache.fitted_lens("tiny-llama", model=tiny, recipe=recipe, progress=False)
-    entry = tmp_path / tuned_cache.entry_name("tiny-llama", {**tuned_cache.DEFAULT_RECIPE, **recipe})
+    lens = tuned_cache.tuned_lens(tiny, recipe=recipe, progress=False)
+    entry = tmp_path / tuned_cache.entry_name("tiny-llama", FitRecipe.of(recipe))
     assert entry.is_dir() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert set(lens.record["heldout_mean_kl_nats_but_last"]) == {"logit", "least_squares", "tuned"}
     assert lens.record["corpus"]["heldout_tokens_scored"] >= 100
-    again = tuned_cache.fitted_lens("tiny-llama", model=tiny, recipe=recipe, progress=False)
+    again = tuned_cache.tuned_lens(tiny, recipe=recipe, progress=False)
     assert torch.equal(again.A, lens.A)
     weights = entry / "translators.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.warns(DamagedCacheWarning, match="rebuilding"):
-        rebuilt = tuned_cache.fitted_lens("tiny-llama", model=tiny, recipe=recipe, progress=False)
+        rebuilt = tuned_cache.tuned_lens(tiny, recipe=recipe, progress=False)
     assert torch.equal(rebuilt.A, lens.A)  # the fit is seeded: the same lens comes back
 
 
 def test_interrupted_cache_build_leaves_nothing(tiny, tmp_path, monkeypatch):
-    from lenslib import tuned_cache
+    from lenslib.tuned import cache as tuned_cache
 
     monkeypatch.setenv("LENSLIB_CACHE", str(tmp_path))
 
@@ -265,7 +270,7 @@ def test_interrupted_cache_build_leaves_nothing(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(tuned_cache, "_build", interrupted)
     monkeypatch.setattr(tuned_cache, "entry_name", lambda name, recipe: "tuned-test")
     with pytest.raises(KeyboardInterrupt):
-        tuned_cache.fitted_lens("tiny-llama", model=tiny, progress=False)
+        tuned_cache.tuned_lens(tiny, progress=False)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
 
 
@@ -311,7 +316,9 @@ def test_cli_tune_and_lens_tuned(tiny, tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    from lenslib import corpus, model_cache, tuned_cache
+    from lenslib.models import cache as model_cache
+    from lenslib.tuned import cache as tuned_cache
+    from lenslib.tuned import corpus
 
     try:
         corpus.fortune_documents()
@@ -319,9 +326,9 @@ def test_cli_tune_and_lens_tuned(tiny, tmp_path, monkeypatch):
         pytest.skip("Debian's fortunes is not installed (make setup installs it)")
     # A short fit stored under the default recipe's entry, so the command finds it cached.
     monkeypatch.setenv("LENSLIB_CACHE", str(tmp_path / "cache"))
-    short = {**tuned_cache.DEFAULT_RECIPE, "fit_tokens": 1000, "heldout_tokens": 300, "score_tokens": 100,
-             "seq_len": 64, "steps": 3, "batch_tokens": 32, "sample": 16, "top_k": 4}
-    model_cache.ensure_entry(tuned_cache.entry_name("tiny-llama", tuned_cache.DEFAULT_RECIPE),
+    short = FitRecipe().replace(fit_tokens=1000, heldout_tokens=300, score_tokens=100, seq_len=64, steps=3,
+                                batch_tokens=32, sample=16, top_k=4)
+    model_cache.ensure_entry(tuned_cache.entry_name("tiny-llama", FitRecipe()),
                              lambda out: tuned_cache._build("tiny-llama", tiny, short, out, False))
     env = {**os.environ, "LENSLIB_CACHE": str(tmp_path / "cache")}
     exe = str(Path(sys.executable).with_name("lenslib"))

@@ -14,8 +14,13 @@ import pytest
 from circuitsvis.utils.render import RenderedHTML
 
 import lenslib
-from lenslib.plotting import clean_token
-from lenslib.views import LensView, layer_log_probs_view, next_token_prob_view, topk_view
+from lenslib.plotting.lens import clean_token
+from lenslib.plotting.views import (
+    LensView,
+    layer_log_probs_view,
+    next_token_prob_view,
+    topk_view,
+)
 
 IMG = """<img/src="x"/onerror="document.title='pwned'">"""  # no spaces: circuitsvis turns them into &nbsp;
 BREAKOUT = "</script><script>document.title='pwned'</script>"

@@ -1,0 +1,2 @@
+"""Causal and attribution tools: direct logit attribution and activation patching.
+"""

@@ -1,0 +1,2 @@
+"""The ``lenslib`` command: one module per subcommand, shared helpers in ``common``.
+"""

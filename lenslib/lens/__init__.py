@@ -1,0 +1,2 @@
+"""The logit lens: one result type, the lens itself, answers of several tokens, model comparison.
+"""

@@ -1,0 +1,32 @@
+"""Figures of a tuned lens's held-out scores."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lenslib.errors import InputError
+from lenslib.plotting.lens import TEMPLATE
+from lenslib.tuned.card import LENS_NAMES
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+STATS = {"kl_nats": "KL(final || lens), nats", "top1_agreement": "top-1 agreement with the final layer",
+         "cross_entropy_nats": "cross-entropy to the next token, nats"}
+
+
+def heldout_figure(frame: "pd.DataFrame", stat: str = "kl_nats", *, title: str = "") -> "go.Figure":
+    """One line per lens over the layers: ``stat`` is a column of :func:`heldout_frame`."""
+    import plotly.graph_objects as go
+
+    if stat not in STATS:
+        raise InputError(f"stat must be one of {sorted(STATS)}, got {stat!r}")
+    fig = go.Figure()
+    for name, rows in frame.groupby("lens", sort=False):
+        fig.add_trace(go.Scatter(x=rows.label, y=rows[stat], mode="lines+markers",
+                                 name=LENS_NAMES.get(name, name)))
+    fig.update_layout(template=TEMPLATE, title=title or STATS[stat], width=800, height=420)
+    fig.update_xaxes(title_text="layer (accumulated_resid label)")
+    fig.update_yaxes(title_text=STATS[stat], type="log" if stat == "kl_nats" else "linear")
+    return fig

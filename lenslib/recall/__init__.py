@@ -1,0 +1,2 @@
+"""Factual recall: the bundled prompt set and the lens run over it.
+"""

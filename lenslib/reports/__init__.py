@@ -1,0 +1,2 @@
+"""Standalone HTML reports (the command line's ``--html``).
+"""

@@ -1,0 +1,2 @@
+"""The tuned lens: translators, residual collection, fitting, evaluation, its corpus and cache.
+"""

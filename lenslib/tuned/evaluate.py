@@ -1,0 +1,126 @@
+"""Scoring lenses on held-out text over the full vocabulary, through the tiled statistics.
+
+For every lens layer, over every held-out token (BOS excluded): the mean KL(final || lens) in
+nats and bits, the top-1 agreement with the final layer, and the cross-entropy of the lens's
+distribution to the actual next token (nats). Several lenses are scored in one pass: their
+normalised rows are stacked and decoded together by :func:`lenslib.core.stats.lens_stats`
+(tiles of ``chunk_bytes``; no ``[tokens, d_vocab]`` logits are ever held).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from lenslib.core.bridge import output_transform
+from lenslib.core.stats import DEFAULT_CHUNK_BYTES, lens_stats
+from lenslib.tuned.residuals import Residuals, collect_residuals, final_norm
+from lenslib.tuned.translators import TunedLens
+
+
+@dataclass
+class LensEvaluation:
+    """Per-layer held-out scores of one or more lenses.
+
+    Attributes:
+        table: a ``pandas.DataFrame`` with one row per lens x layer: ``lens``, ``layer``
+            (index into ``accumulated_resid``), ``label``, ``kl_nats``, ``kl_bits``,
+            ``top1_agreement`` (fraction of tokens whose top-1 equals the final layer's),
+            ``cross_entropy_nats`` (to the actual next token), ``n_tokens``.
+        n_tokens: held-out tokens scored (BOS excluded).
+    """
+
+    table: "object"
+    n_tokens: int
+
+    def mean_kl(self, lens: str, *, skip_last: bool = True) -> float:
+        """Mean KL in nats over the layers of ``lens`` (all but ``"final_post"`` by default)."""
+        rows = self.table[self.table.lens == lens]
+        if skip_last:
+            rows = rows[rows.label != "final_post"]
+        return float(rows.kl_nats.mean())
+
+    def column(self, lens: str, name: str) -> list[float]:
+        """One column of ``table`` for one lens, layer by layer."""
+        return self.table[self.table.lens == lens][name].tolist()
+
+
+@torch.no_grad()
+def lens_rows(model, resid: Residuals, lens: Optional[TunedLens], tokens: slice) -> Tensor:
+    """``[layer, token, d_model]`` normalised rows of one lens (``None``: the logit lens)."""
+    raw = resid.raw[:, tokens]
+    if lens is not None:
+        lens.check_model(model)
+        raw = lens.translate(raw, resid.labels)
+    return torch.stack([final_norm(model, raw[i]) for i in range(raw.shape[0])])
+
+
+@torch.no_grad()
+def evaluate_lens(
+    model,
+    lenses: Union[TunedLens, None, Mapping[str, Optional[TunedLens]]],
+    texts: Union[Sequence[str], Residuals],
+    *,
+    block_tokens: int = 512,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: bool = True,
+) -> LensEvaluation:
+    """Score lenses on held-out text, per layer, over the full vocabulary.
+
+    Args:
+        model: a ``TransformerBridge``.
+        lenses: a :class:`TunedLens`, ``None`` (the logit lens), or a mapping name -> either;
+            a single lens is named ``"tuned"`` (``"logit"`` for None).
+        texts: held-out texts (BOS is prepended and excluded), or :class:`Residuals` from them.
+        block_tokens: tokens decoded per :func:`lens_stats` call.
+
+    Returns:
+        A :class:`LensEvaluation`; KL in nats (and bits), cross-entropy in nats.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if not isinstance(lenses, Mapping):
+        lenses = {"logit" if lenses is None else "tuned": lenses}
+    resid = texts if isinstance(texts, Residuals) else collect_residuals(
+        model, list(texts), progress=progress, desc="held-out residuals")
+    n_layer = len(resid.labels)
+    names = list(lenses)
+    kl = torch.zeros(len(names), n_layer, dtype=torch.float64)
+    agree = torch.zeros(len(names), n_layer, dtype=torch.float64)
+    ce = torch.zeros(len(names), n_layer, dtype=torch.float64)
+    n_ce = 0
+    for start in tqdm(range(0, resid.n_tokens, block_tokens), desc="full-vocabulary scores",
+                      unit="block", disable=not progress):
+        span = slice(start, min(start + block_tokens, resid.n_tokens))
+        rows = [lens_rows(model, resid, lenses[name], span)[:-1] for name in names]
+        final = final_norm(model, resid.raw[-1, span]).unsqueeze(0)
+        targets = resid.next_ids[span]
+        stats = lens_stats(
+            torch.cat(rows + [final]), model.W_U, getattr(model, "b_U", None), targets, k=1,
+            output_transform=output_transform(model), chunk_bytes=chunk_bytes,
+        )
+        has_target = targets >= 0
+        n_ce += int(has_target.sum())
+        final_top = stats.top_ids[-1, :, 0]
+        for j in range(len(names)):
+            layers = slice(j * (n_layer - 1), (j + 1) * (n_layer - 1))
+            kl[j, :-1] += stats.kl_to_final[layers].double().sum(-1)
+            agree[j, :-1] += (stats.top_ids[layers, :, 0] == final_top).double().sum(-1)
+            ce[j, :-1] -= stats.target_logprob[layers][:, has_target].double().sum(-1)
+            agree[j, -1] += final_top.numel()
+            ce[j, -1] -= stats.target_logprob[-1, has_target].double().sum()
+    n = resid.n_tokens
+    records = []
+    for j, name in enumerate(names):
+        for layer, label in enumerate(resid.labels):
+            records.append({
+                "lens": name, "layer": layer, "label": label,
+                "kl_nats": float(kl[j, layer] / n), "kl_bits": float(kl[j, layer] / n / torch.log(torch.tensor(2.0))),
+                "top1_agreement": float(agree[j, layer] / n),
+                "cross_entropy_nats": float(ce[j, layer] / max(1, n_ce)), "n_tokens": n,
+            })
+    return LensEvaluation(pd.DataFrame.from_records(records), n)
