@@ -79,7 +79,9 @@ def test_failed_run_leaves_no_half_written_output(tmp_path):
 def test_compare_writes_a_report(tmp_path):
     out = run("compare", "abc", "--models", "tiny-llama,tiny-llama", "--html", str(tmp_path / "c.html"))
     assert out.returncode == 0, out.stderr
-    assert "relative depth" in (tmp_path / "c.html").read_text()
+    page = (tmp_path / "c.html").read_text()
+    # four figures (probability, rank, entropy, KL), each with one curve per model, both labelled
+    assert page.count('"name":"tiny-llama (1)"') == 4 and page.count('"name":"tiny-llama (2)"') == 4
 
 
 def test_report_escapes_tokens_and_prompt(tmp_path):
