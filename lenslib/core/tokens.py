@@ -46,14 +46,17 @@ def check_prompts(prompt: Union[str, Sequence[str]]) -> list[str]:
     return prompts
 
 
-def tokenize(model: "TransformerBridge", prompt: str, prepend_bos: Optional[bool] = None) -> Int[Tensor, "pos"]:
+def tokenize(
+    model: "TransformerBridge", prompt: str, prepend_bos: Optional[bool] = None, what: str = "the prompt"
+) -> Int[Tensor, "pos"]:
     """The prompt's token ids on the CPU, as the bridge runs them (BOS per ``prepend_bos``).
 
     Raises:
-        InputError: the prompt is longer than the model's context (never truncated silently).
+        InputError: the prompt is longer than the model's context (never truncated silently;
+            ``what`` names it in the message).
     """
     ids = model.to_tokens(prompt, prepend_bos=prepend_bos, truncate=False)[0].cpu()
-    check_length(ids.numel(), int(model.cfg.n_ctx), "the prompt")
+    check_length(ids.numel(), int(model.cfg.n_ctx), what)
     return ids
 
 

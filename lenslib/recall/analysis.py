@@ -72,6 +72,25 @@ class RecallRun:
         """Number of lens layers (``len(layer_labels)``)."""
         return len(self.layer_labels)
 
+    def to_frame(self) -> "pd.DataFrame":
+        """The per-prompt table (a copy of ``table``)."""
+        return self.table.copy()
+
+    def to_dict(self) -> dict:
+        """The summary (accuracy, emergence, per relation) and every prompt's row, for JSON."""
+        summary, _ = recall_summary(self)
+        prompts = self.table.astype(object).where(self.table.notna(), None).to_dict("records")
+        return {**summary, "prompts": prompts, "ranks": self.ranks.tolist(), "probs": self.probs.tolist()}
+
+    def __str__(self) -> str:
+        summary, by_relation = recall_summary(self)
+        median = summary["median_emergence_layer"]
+        head = (f"recall{f' of {self.model_name}' if self.model_name else ''}: {summary['n_prompts']} prompts, "
+                f"{summary['accuracy']:.1%} top-1 at the final layer; median emergence layer "
+                f"{'-' if median is None else f'{median:g}'} of {self.n_layers} ({self.layer_labels[-1]} = output)")
+        columns = ["relation", "n", "accuracy", "median_layer"]
+        return head + "\n" + by_relation[columns].to_string(index=False, float_format=lambda x: f"{x:.2f}")
+
 
 def emergence_layer(rank_trajectory: Sequence[int] | Tensor) -> Optional[int]:
     """The first layer from which the answer stays top-1 through the final layer.

@@ -9,16 +9,19 @@ normalised rows are stacked and decoded together by :func:`lenslib.core.stats.le
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from lenslib.core.bridge import output_transform
+from lenslib.core.bridge import model_name, output_transform
 from lenslib.core.stats import DEFAULT_CHUNK_BYTES, lens_stats
 from lenslib.tuned.residuals import Residuals, collect_residuals, final_norm
 from lenslib.tuned.translators import TunedLens
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -31,10 +34,34 @@ class LensEvaluation:
             ``top1_agreement`` (fraction of tokens whose top-1 equals the final layer's),
             ``cross_entropy_nats`` (to the actual next token), ``n_tokens``.
         n_tokens: held-out tokens scored (BOS excluded).
+        layer_labels: the ``accumulated_resid`` labels scored, in order.
+        model_name: the model's name.
     """
 
-    table: "object"
+    table: "pd.DataFrame"
     n_tokens: int
+    layer_labels: list[str] = field(default_factory=list)
+    model_name: str = ""
+
+    @property
+    def lens_names(self) -> list[str]:
+        """The lenses scored, in order (e.g. ``["logit", "tuned"]``)."""
+        return list(dict.fromkeys(self.table.lens))
+
+    def to_frame(self) -> "pd.DataFrame":
+        """The score table (a copy of ``table``)."""
+        return self.table.copy()
+
+    def to_dict(self) -> dict:
+        """Every score as plain values, for JSON."""
+        return {"model_name": self.model_name, "n_tokens": self.n_tokens, "layer_labels": self.layer_labels,
+                "scores": self.table.to_dict(orient="records"),
+                "mean_kl_nats_but_last": {name: self.mean_kl(name) for name in self.lens_names}}
+
+    def __str__(self) -> str:
+        means = ", ".join(f"{name} {self.mean_kl(name):.3f}" for name in self.lens_names)
+        return (f"held-out scores{f' of {self.model_name}' if self.model_name else ''} on {self.n_tokens} tokens, "
+                f"full vocabulary; mean KL(final || lens) over all layers but the last, nats: {means}")
 
     def mean_kl(self, lens: str, *, skip_last: bool = True) -> float:
         """Mean KL in nats over the layers of ``lens`` (all but ``"final_post"`` by default)."""
@@ -123,4 +150,4 @@ def evaluate_lens(
                 "top1_agreement": float(agree[j, layer] / n),
                 "cross_entropy_nats": float(ce[j, layer] / max(1, n_ce)), "n_tokens": n,
             })
-    return LensEvaluation(pd.DataFrame.from_records(records), n)
+    return LensEvaluation(pd.DataFrame.from_records(records), n, list(resid.labels), model_name(model))

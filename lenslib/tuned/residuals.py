@@ -61,7 +61,8 @@ def collect_residuals(
     hooks = residual_hooks(int(model.cfg.n_layers), incl_mid)
     parts, next_parts, labels = [], [], None
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=not progress):
-        tokens = [tokenize(model, t, prepend_bos=True) for t in texts[start:start + batch_size]]
+        tokens = [tokenize(model, t, prepend_bos=True, what=f"text {start + i} {t[:40]!r}...")
+                  for i, t in enumerate(texts[start:start + batch_size])]
         batch, mask = pad_batch(model, tokens)
         cache, _ = residual_cache(model, batch.to(device), hooks, attention_mask=mask.to(device))
         stack, labels = cache.accumulated_resid(apply_ln=False, incl_mid=incl_mid, return_labels=True)
