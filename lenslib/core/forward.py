@@ -9,7 +9,7 @@ come out of the unmodified Hugging Face layers with PyTorch's fused
 * a *shadow* Hugging Face model is built once per bridge on the ``meta`` device with
   ``attn_implementation="sdpa"``, and its parameters and buffers are pointed at the bridge's own
   tensors (no weight is copied; it costs no memory); on CPU in float32 its linear layers run on
-  oneDNN (:mod:`lenslib.core.onednn`; about 1.5-1.8x faster than MKL here, ``LENSLIB_MATMUL=torch``
+  oneDNN (:mod:`lenslib.core.onednn`; bench/ measures it against MKL, ``LENSLIB_MATMUL=torch``
   keeps MKL);
 * forward pre-hooks on its decoder layers capture ``hook_resid_pre``, a forward hook on the last
   layer ``hook_resid_post``, and a pre-hook on the module the bridge's ``ln2`` wraps (the input of
@@ -244,8 +244,8 @@ class _TreeSnapshot:
     """A module tree as it was when taken: every entry of every module's ``_modules``,
     ``_parameters`` and ``_buffers``, and where each tensor's data lies.
 
-    :meth:`holds` is a pass over those dicts (0.7 ms for Gemma 3's bridge), where
-    walking ``named_parameters`` through the bridge's wrappers took 9 ms, on every lens call.
+    :meth:`holds` is one pass over those dicts, much cheaper than walking ``named_parameters``
+    through the bridge's wrappers on every lens call.
     It sees a module, parameter or buffer replaced, added or removed, and a tensor's data
     moved, cast or reassigned (``.to``, ``.data = ...``); in-place writes to the same memory
     need nothing, since the shadow shares that memory.

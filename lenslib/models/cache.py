@@ -62,7 +62,7 @@ def check_entry(directory: Path, *, full: bool = False) -> str | None:
     """Why ``directory`` is not a usable cache entry, or None when it is.
 
     Checks that the manifest exists and that every file it lists has the recorded size and
-    SHA-256 (about 1 s per GB on this kind of machine). A file whose size and modification time
+    SHA-256 (hashing reads every byte once). A file whose size and modification time
     are still those recorded when it was hashed is not hashed again unless ``full`` is set: any
     rewrite, truncation or edit changes them. ``python -m lenslib.provision`` checks in full.
     """

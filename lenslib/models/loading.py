@@ -5,8 +5,8 @@
 (30, 576)
 
 Bundled models ship inside packages on the package index as 4-bit-quantised GGUF files, so
-they load with no network. Their first load de-quantises the GGUF (about 30 s for SmolLM2 and
-90 s for Gemma on two cores) and caches plain safetensors (see :mod:`lenslib.models.cache`);
+they load with no network. Their first load de-quantises the GGUF (tens of seconds to minutes
+on a CPU) and caches plain safetensors (see :mod:`lenslib.models.cache`);
 every later load reads the cache in seconds. Results approximate the original models.
 
 Any other name goes to ``TransformerBridge.boot_transformers``, which downloads from the

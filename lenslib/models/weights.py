@@ -56,7 +56,7 @@ def _dequantise(model: BundledModel, out: Path) -> dict:
         del hf_model.config.quantization_config
     hf_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    compact_bpe_merges(out / "tokenizer.json")  # the same tokenizer, 0.4 s faster to parse
+    compact_bpe_merges(out / "tokenizer.json")  # the same tokenizer, faster to parse
     if gguf.parent == out:
         gguf.unlink()
     steps.update()

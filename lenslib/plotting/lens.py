@@ -319,7 +319,8 @@ def configure_static_images(
     ``PATH`` (``chromium``, ``google-chrome``, ...), then the usual install places; it runs it
     headless with ``--no-sandbox``, so a system chromium works as root. This function finds the
     browser, sets ``BROWSER_PATH`` to it, sets ``plotly.io.renderers.default`` and, with
-    ``keep_browser``, starts kaleido's shared browser so each figure takes ~0.3 s, not ~5 s.
+    ``keep_browser``, starts kaleido's shared browser once, so that each figure does not start
+    a browser of its own.
 
     Args:
         renderer: the plotly renderer to make the default.
