@@ -1,7 +1,6 @@
 """An on-disk cache of de-quantised models, written atomically and checked on every load.
 
-De-quantising a GGUF file takes about a minute on two cores; loading plain safetensors takes
-seconds. The first load of a bundled model therefore saves the de-quantised Hugging Face model
+De-quantising a GGUF file in Python is slow; loading plain safetensors is fast. The first load of a bundled model therefore saves the de-quantised Hugging Face model
 and tokenizer into a cache directory; later loads read that.
 
 Layout: ``<cache_root>/<entry>/`` holds what ``save_pretrained`` writes plus ``manifest.json``,
