@@ -4,9 +4,9 @@
 >>> from lenslib.core.tokens import resolve_positions, token_id, tokenize
 >>> model = lenslib.load_model("tiny-llama")
 >>> tokenize(model, "abc").tolist()          # BOS (id 1) prepended, one id per character
-[1, 3, 4, 5]
+[1, 4, 5, 6]
 >>> token_id(model, "d"), resolve_positions("last", 4).tolist()
-(6, [3])
+(7, [3])
 """
 
 from __future__ import annotations

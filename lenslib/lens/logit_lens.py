@@ -57,6 +57,15 @@ def logit_lens(
 ) -> Union[LensResult, list[LensResult]]:
     """Run the model once and decode every layer at the chosen positions.
 
+    Example:
+        >>> import lenslib
+        >>> model = lenslib.load_model("tiny-llama")
+        >>> result = lenslib.logit_lens(model, "abc", target="d", positions="last")
+        >>> result.layer_labels, result.target_rank.shape       # [layer, pos]
+        (['0_pre', '1_pre', 'final_post'], torch.Size([3, 1]))
+        >>> float(result.kl_to_final[-1, 0])                    # the last layer is the model's output
+        0.0
+
     Each layer's residual stream (``cache.accumulated_resid(apply_ln=True)``: the final norm
     ``ln_final`` applied with statistics recomputed per layer, its weight included) goes through
     ``unembed`` (``W_U`` and ``b_U``) and the model's own output transform (e.g. Gemma 2's

@@ -13,6 +13,14 @@ from torch import Tensor
 class LensResult:
     """Logit-lens statistics for one prompt. All tensors live on the CPU.
 
+    Example:
+        >>> import lenslib
+        >>> result = lenslib.logit_lens(lenslib.load_model("tiny-llama"), "abc", k=2)
+        >>> result.top_ids.shape, result.entropy.shape        # [layer, pos, k], [layer, pos]
+        (torch.Size([3, 4, 2]), torch.Size([3, 4]))
+        >>> list(result.to_frame().columns[:4])
+        ['layer', 'layer_label', 'position', 'input_token']
+
     ``layer`` runs over ``layer_labels`` (TransformerLens's ``accumulated_resid`` labels:
     ``"0_pre"`` is the embeddings, ``"{l}_pre"`` the input of block ``l``, ``"{l}_mid"`` the
     stream after block ``l``'s attention when ``incl_mid=True``, ``"final_post"`` the last

@@ -116,6 +116,11 @@ BUNDLED: dict[str, BundledModel] = {
 def list_models() -> list[dict]:
     """The bundled models: where they come from, their sizes, and whether they are cached.
 
+    Example:
+        >>> import lenslib
+        >>> [(m["name"], m["n_layers"], m["d_vocab"]) for m in lenslib.list_models()]
+        [('smollm2-135m', 30, 49152), ('gemma-3-270m', 18, 262144)]
+
     Returns:
         One dict per model with keys ``name``, ``hub_name``, ``architecture``, ``n_layers``,
         ``d_model``, ``d_vocab``, ``quantisation``, ``package``, ``install``, ``installed``,

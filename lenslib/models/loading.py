@@ -44,6 +44,12 @@ def load_model(
 ) -> "TransformerBridge":
     """Load a model as a ``TransformerBridge`` ready for ``run_with_cache``.
 
+    Example:
+        >>> import lenslib
+        >>> model = lenslib.load_model("tiny-llama")         # bundled ones: "smollm2-135m", "gemma-3-270m"
+        >>> model.cfg.n_layers, model.cfg.d_model, model.cfg.d_vocab
+        (2, 32, 64)
+
     Args:
         name: ``"smollm2-135m"`` or ``"gemma-3-270m"`` (bundled, offline; see
             :func:`list_models`), ``"tiny-llama"`` (a 2-layer random model for tests and

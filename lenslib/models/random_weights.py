@@ -78,6 +78,11 @@ def random_control(
 ) -> "TransformerBridge":
     """A bundled model's architecture and tokenizer with freshly initialised random weights.
 
+    Example:
+        >>> import lenslib
+        >>> control = lenslib.random_control("smollm2-135m", seed=0)   # doctest: +SKIP
+        >>> lenslib.logit_lens(control, "The capital of France is")   # doctest: +SKIP
+
     Args:
         name: a bundled model name, e.g. ``"smollm2-135m"``.
         seed: torch seed for the initialisation.

@@ -125,6 +125,14 @@ def run_recall(
 ) -> RecallRun:
     """Lens every item's prompt at its last position, tracking the item's answer token.
 
+    Example:
+        >>> import lenslib
+        >>> model = lenslib.load_model("tiny-llama")
+        >>> items = [lenslib.RecallItem("letters", "a", "abc", "d"), lenslib.RecallItem("letters", "b", "xy", "z")]
+        >>> run = lenslib.run_recall(model, items, progress=False)
+        >>> run.ranks.shape                          # [prompt, layer]: the answer's rank at each layer
+        torch.Size([2, 3])
+
     Each layer is decoded as in :func:`lenslib.logit_lens` (final norm recomputed per layer,
     unembedding, the model's own logit transform), keeping only the answer's rank and
     probability and the top-1 token.

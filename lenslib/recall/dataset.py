@@ -34,6 +34,12 @@ DATA_FILE = "factual_recall.json"
 class RecallItem:
     """One fact to recall.
 
+    Example:
+        >>> import lenslib
+        >>> item = lenslib.RecallItem("country_capital", "France", "The capital of France is the city of", " Paris")
+        >>> item.answer
+        ' Paris'
+
     Attributes:
         relation: the kind of fact, e.g. ``"country_capital"`` (see :func:`relations`).
         subject: the entity the fact is about, e.g. ``"France"``.
@@ -65,6 +71,12 @@ def _relation_names() -> list[str]:  # load_recall_dataset's parameter shadows r
 
 def load_recall_dataset(relations: Union[None, str, Sequence[str]] = None) -> list[RecallItem]:
     """The shipped factual-recall items, optionally only some relations.
+
+    Example:
+        >>> import lenslib
+        >>> items = lenslib.load_recall_dataset("country_capital")
+        >>> items[0].relation, type(items[0].prompt).__name__
+        ('country_capital', 'str')
 
     Args:
         relations: ``None`` (all items), one relation name, or a list of names; see

@@ -97,6 +97,14 @@ def evaluate_lens(
 ) -> LensEvaluation:
     """Score lenses on held-out text, per layer, over the full vocabulary.
 
+    Example:
+        >>> import lenslib
+        >>> model = lenslib.load_model("tiny-llama")
+        >>> identity = lenslib.TunedLens.identity(model)        # zero translators: the logit lens
+        >>> scores = lenslib.evaluate_lens(model, {"logit": None, "identity": identity}, ["hello there"], progress=False)
+        >>> scores.mean_kl("logit") == scores.mean_kl("identity")
+        True
+
     Args:
         model: a ``TransformerBridge``.
         lenses: a :class:`TunedLens`, ``None`` (the logit lens), or a mapping name -> either;

@@ -279,6 +279,14 @@ def fit_tuned_lens(
 ) -> TunedLensFit:
     """Fit translators for every layer of ``model`` on ``texts``.
 
+    Example:
+        >>> import lenslib
+        >>> model = lenslib.load_model("tiny-llama")
+        >>> texts = ["the quick brown fox jumps over the lazy dog. " * 2] * 8
+        >>> fit = lenslib.fit_tuned_lens(model, texts, recipe={"steps": 5, "sample": 16, "top_k": 4}, progress=False)
+        >>> fit.layer_labels, fit.tuned.A.shape             # one d_model x d_model map per layer but the last
+        (['0_pre', '1_pre'], torch.Size([2, 32, 32]))
+
     Args:
         model: a ``TransformerBridge``.
         texts: the fitting text (windows of a few hundred tokens each). Least squares uses all

@@ -4,8 +4,8 @@
 >>> from lenslib.tuned.residuals import collect_residuals
 >>> model = lenslib.load_model("tiny-llama")
 >>> resid = collect_residuals(model, ["abc", "hello"], progress=False)
->>> resid.raw.shape         # [layer, token, d_model]: 3 entries, 2 + 4 tokens after the first
-torch.Size([3, 6, 32])
+>>> resid.raw.shape         # [layer, token, d_model]: 3 entries; 3 + 5 tokens after BOS
+torch.Size([3, 8, 32])
 """
 
 from __future__ import annotations
