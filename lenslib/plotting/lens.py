@@ -270,8 +270,9 @@ def stat_profile(
         stat: ``"entropy"`` or ``"kl_to_final"`` (both in nats).
         reduce: ``"mean"`` or ``"median"`` over the results of a model.
         position: which chosen position of each result to read (default the last).
-        log_y: a logarithmic y axis, for KL, which spans orders of magnitude (the final layer's
-            KL, 0 by definition, then falls off the axis).
+        log_y: a logarithmic y axis, for KL, which spans orders of magnitude. Values that are
+            not positive (the final layer's KL, 0 by definition) cannot be drawn there: each
+            curve then ends at the last layer before, and a note on the figure says so.
         title: figure title.
     """
     y_title = _choice(stat, PROFILE_STATS, "stat")
@@ -280,8 +281,15 @@ def stat_profile(
         m: np.stack([getattr(r, stat)[:, _column(r, position)].double().numpy() for r in rs])
         for m, rs in _by_model(results_by_model)
     }
-    return _depth_figure(results_by_model, curves, reduce, y_title, log_y,
-                         title if title is not None else f"{reduce.capitalize()} {y_title} by relative depth")
+    dropped = log_y and any((rows <= 0).any() for rows in curves.values())
+    if dropped:  # a log axis has no 0: leave those points out rather than draw a line to -inf
+        curves = {m: np.where(rows > 0, rows, np.nan) for m, rows in curves.items()}
+    fig = _depth_figure(results_by_model, curves, reduce, y_title, log_y,
+                        title if title is not None else f"{reduce.capitalize()} {y_title} by relative depth")
+    if dropped:
+        fig.add_annotation(text="values of 0 (the final layer's KL) are not drawn on a log axis",
+                           xref="paper", yref="paper", x=1, y=-0.16, showarrow=False, font={"size": 11})
+    return fig
 
 
 def recall_trajectories(run: "RecallRun", *, stat: str = "prob", by_relation: bool = True,
@@ -481,4 +489,7 @@ def _add_median_band(fig, x, rows: np.ndarray, colour: str, name: str, layer_lab
 def _finish(fig, title: str, x_title: str, y_title: str, log_y: bool) -> None:
     fig.update_layout(template=TEMPLATE, title=title, width=800, height=480, hovermode="closest")
     fig.update_xaxes(title_text=x_title)
-    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
+    if log_y:  # ticks at powers of ten only, written out (1, 10, 100, 1k): no bare "2" or "5" ticks
+        fig.update_yaxes(title_text=y_title, type="log", dtick=1, tickformat="~s")
+    else:
+        fig.update_yaxes(title_text=y_title, type="linear")
