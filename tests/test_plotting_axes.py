@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import lenslib
 
 
@@ -22,3 +24,18 @@ def test_kl_profile_on_a_log_axis_leaves_out_the_final_zero(tiny):
     assert "not drawn" in fig.layout.annotations[0].text
     linear = lenslib.plotting.stat_profile({"tiny": result}, "kl_to_final")
     assert list(linear.data[0].y)[-1] == 0.0 and not linear.layout.annotations
+
+
+def test_recall_panels_give_each_relation_its_own_axes(tiny):
+    from lenslib.recall.dataset import RecallItem
+
+    items = [RecallItem(relation, "s", prompt, "d") for relation, prompt in
+             [("first", "abc"), ("first", "abd"), ("second", "xyc"), ("third", "hello"), ("fourth", "ab"), ("fifth", "a")]]
+    run = lenslib.run_recall(tiny, items, progress=False)
+    fig = lenslib.plotting.recall_trajectories(run, layout="panels")
+    assert [a.text for a in fig.layout.annotations] == [
+        "first (n=2)", "second (n=1)", "third (n=1)", "fourth (n=1)", "fifth (n=1)"]
+    axes = {trace.yaxis for trace in fig.data}
+    assert len(axes) == 5 and len(fig.data) == 5 * 3  # band edges and median per relation
+    with pytest.raises(lenslib.InputError, match="layout"):
+        lenslib.plotting.recall_trajectories(run, layout="grid")

@@ -293,28 +293,58 @@ def stat_profile(
 
 
 def recall_trajectories(run: "RecallRun", *, stat: str = "prob", by_relation: bool = True,
-                        title: Optional[str] = None) -> "go.Figure":
+                        layout: str = "overlay", title: Optional[str] = None) -> "go.Figure":
     """The answer's probability or rank across layers over a recall run: median and IQR band.
 
     Args:
         run: a :class:`lenslib.recall.analysis.RecallRun` (``probs`` / ``ranks`` are ``[prompt, layer]``).
         stat: ``"prob"`` or ``"rank"`` (log y axis, 1 = top).
         by_relation: one median line and band per relation; otherwise one for all prompts.
+        layout: ``"overlay"`` (every relation on one axis) or ``"panels"`` (one small panel per
+            relation, shared axes: readable in a static image when there are many relations).
+        title: figure title.
     """
     import plotly.graph_objects as go
 
     rows = _choice(stat, {"prob": run.probs, "rank": run.ranks}, "stat").double().numpy()
+    _choice(layout, {"overlay": 0, "panels": 0}, "layout")
     groups = run.table["relation"].to_numpy() if by_relation else np.array(["all prompts"] * len(rows))
+    names = list(dict.fromkeys(groups))
+    y_title = "probability of the answer" if stat == "prob" else "rank of the answer (1 = top)"
+    default = f"The answer's {'probability' if stat == 'prob' else 'rank'} across layers (median, IQR band)"
+    if layout == "panels":
+        return _recall_panels(run, rows, groups, names, stat, y_title, title or default)
     fig = go.Figure()
-    for i, group in enumerate(dict.fromkeys(groups)):
+    for i, group in enumerate(names):
         chosen = rows[groups == group]
         _add_median_band(fig, list(run.layer_labels), chosen, _PALETTE[i % len(_PALETTE)],
                          f"{html.escape(str(group))} (n={len(chosen)})", run.layer_labels)
-    y_title = "probability of the answer" if stat == "prob" else "rank of the answer (1 = top)"
-    default = f"The answer's {'probability' if stat == 'prob' else 'rank'} across layers (median, IQR band)"
     _finish(fig, title or default, "layer", y_title, log_y=stat == "rank")
-    n_groups = len(dict.fromkeys(groups))
-    fig.update_layout(height=max(500, 260 + 32 * n_groups))  # the static image keeps every legend entry
+    fig.update_layout(height=max(500, 260 + 32 * len(names)))  # the static image keeps every legend entry
+    return fig
+
+
+def _recall_panels(run, rows: np.ndarray, groups: np.ndarray, names: list, stat: str, y_title: str, title: str):
+    """One panel per group, four across, shared axes; each panel's title names its group and n."""
+    from plotly.subplots import make_subplots
+
+    cols = min(4, len(names))
+    n_rows = math.ceil(len(names) / cols)
+    titles = [f"{html.escape(str(g))} (n={int((groups == g).sum())})" for g in names]
+    fig = make_subplots(rows=n_rows, cols=cols, shared_xaxes=True, shared_yaxes=True, subplot_titles=titles,
+                        vertical_spacing=0.12 / max(1, n_rows - 1) if n_rows > 1 else 0.1, horizontal_spacing=0.03)
+    x = list(range(run.n_layers))
+    for i, group in enumerate(names):
+        before = len(fig.data)
+        _add_median_band(fig, x, rows[groups == group], _PALETTE[0], "median, IQR band", run.layer_labels)
+        for trace in fig.data[before:]:
+            trace.update(xaxis=f"x{i + 1 if i else ''}", yaxis=f"y{i + 1 if i else ''}", showlegend=False)
+    ticks = list(range(0, run.n_layers, max(1, run.n_layers // 4))) + [run.n_layers - 1]
+    fig.update_xaxes(tickvals=ticks, ticktext=[run.layer_labels[t] for t in ticks], tickangle=0, tickfont={"size": 9})
+    if stat == "rank":
+        fig.update_yaxes(type="log", dtick=1, tickformat="~s")
+    fig.update_layout(template=TEMPLATE, title=title, width=1000, height=230 * n_rows + 120, showlegend=False)
+    fig.update_yaxes(title_text=y_title, col=1, title_font={"size": 11})
     return fig
 
 
