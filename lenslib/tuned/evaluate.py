@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from lenslib.core.bridge import model_name, output_transform
 from lenslib.core.stats import DEFAULT_CHUNK_BYTES, lens_stats
+from lenslib.errors import InputError
 from lenslib.tuned.residuals import Residuals, collect_residuals, final_norm
 from lenslib.tuned.translators import TunedLens
 
@@ -36,17 +38,80 @@ class LensEvaluation:
         n_tokens: held-out tokens scored (BOS excluded).
         layer_labels: the ``accumulated_resid`` labels scored, in order.
         model_name: the model's name.
+        token_kl: ``[lens, layer, token]`` KL(final || lens) of every token (nats), in the
+            order of ``lens_names``: what the bootstrap resamples.
+        text_ids: ``[token]`` the text each token comes from (``None`` when unknown).
     """
 
     table: "pd.DataFrame"
     n_tokens: int
     layer_labels: list[str] = field(default_factory=list)
     model_name: str = ""
+    token_kl: Optional[Float[Tensor, "lens layer token"]] = field(default=None, repr=False)
+    text_ids: Optional[Int[Tensor, "token"]] = field(default=None, repr=False)
 
     @property
     def lens_names(self) -> list[str]:
         """The lenses scored, in order (e.g. ``["logit", "tuned"]``)."""
         return list(dict.fromkeys(self.table.lens))
+
+    def bootstrap_kl(
+        self, lens: str, versus: Optional[str] = None, *, n_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+    ) -> "pd.DataFrame":
+        """Per layer, the mean KL of ``lens`` (minus that of ``versus``) with a bootstrap
+        interval over **texts**: the texts are drawn with replacement ``n_resamples`` times and
+        the token-weighted mean recomputed, so tokens of one text stay together.
+
+        Example:
+            >>> import lenslib
+            >>> model = lenslib.load_model("tiny-llama")
+            >>> texts = ["hello there", "abc def ghi", "a quiet engine", "seven umbrellas"]
+            >>> scores = lenslib.evaluate_lens(model, {"logit": None, "same": lenslib.TunedLens.identity(model)}, texts, progress=False)
+            >>> gap = scores.bootstrap_kl("same", versus="logit")     # identical lenses: a zero difference
+            >>> float(gap.low.abs().max()), float(gap.high.abs().max())
+            (0.0, 0.0)
+
+        Args:
+            lens: a lens name of this evaluation.
+            versus: another lens name: the difference ``lens - versus`` is resampled *paired*
+                (the same texts for both), so a difference whose interval contains 0 is within
+                the noise of this held-out text.
+            n_resamples: bootstrap resamples.
+            level: the interval's coverage (0.95: the 2.5th to 97.5th percentiles).
+            seed: seed of a local generator (the global RNG is untouched).
+
+        Returns:
+            A ``pandas.DataFrame`` with one row per layer but the last (``layer``, ``label``,
+            ``kl_nats`` the point estimate, ``low`` and ``high``), in nats.
+
+        Raises:
+            InputError: an unknown lens name, or an evaluation without per-token scores.
+        """
+        import pandas as pd
+
+        names = self.lens_names
+        for name in (lens,) + (() if versus is None else (versus,)):
+            if name not in names:
+                raise InputError(f"no lens {name!r} in this evaluation; it has {names}")
+        if self.token_kl is None or self.text_ids is None:
+            raise InputError("this evaluation kept no per-token scores; run evaluate_lens on texts to get them")
+        kl = self.token_kl[names.index(lens)].double()
+        if versus is not None:
+            kl = kl - self.token_kl[names.index(versus)].double()
+        kl = kl[:-1]  # the last layer is the model's own output: 0 by definition
+        texts, inverse = torch.unique(self.text_ids, return_inverse=True)
+        sums = torch.zeros(kl.shape[0], len(texts), dtype=torch.float64).index_add_(1, inverse, kl)
+        counts = torch.bincount(inverse, minlength=len(texts)).double()
+        generator = torch.Generator().manual_seed(seed)
+        draws = torch.randint(0, len(texts), (n_resamples, len(texts)), generator=generator)
+        weights = torch.zeros(n_resamples, len(texts), dtype=torch.float64)
+        weights.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+        means = (weights @ sums.T) / (weights @ counts).unsqueeze(-1)      # [resample, layer]
+        tail = (1 - level) / 2
+        low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
+        point = sums.sum(-1) / counts.sum()
+        return pd.DataFrame({"layer": range(kl.shape[0]), "label": self.layer_labels[:-1], "kl_nats": point.numpy(),
+                             "low": low.numpy(), "high": high.numpy()})
 
     def to_frame(self) -> "pd.DataFrame":
         """The score table (a copy of ``table``)."""
@@ -127,6 +192,7 @@ def evaluate_lens(
     kl = torch.zeros(len(names), n_layer, dtype=torch.float64)
     agree = torch.zeros(len(names), n_layer, dtype=torch.float64)
     ce = torch.zeros(len(names), n_layer, dtype=torch.float64)
+    token_kl = torch.zeros(len(names), n_layer, resid.n_tokens)
     n_ce = 0
     for start in tqdm(range(0, resid.n_tokens, block_tokens), desc="full-vocabulary scores",
                       unit="block", disable=not progress):
@@ -144,6 +210,7 @@ def evaluate_lens(
         for j in range(len(names)):
             layers = slice(j * (n_layer - 1), (j + 1) * (n_layer - 1))
             kl[j, :-1] += stats.kl_to_final[layers].double().sum(-1)
+            token_kl[j, :-1, span] = stats.kl_to_final[layers].float()
             agree[j, :-1] += (stats.top_ids[layers, :, 0] == final_top).double().sum(-1)
             ce[j, :-1] -= stats.target_logprob[layers][:, has_target].double().sum(-1)
             agree[j, -1] += final_top.numel()
@@ -158,4 +225,5 @@ def evaluate_lens(
                 "top1_agreement": float(agree[j, layer] / n),
                 "cross_entropy_nats": float(ce[j, layer] / max(1, n_ce)), "n_tokens": n,
             })
-    return LensEvaluation(pd.DataFrame.from_records(records), n, list(resid.labels), model_name(model))
+    return LensEvaluation(pd.DataFrame.from_records(records), n, list(resid.labels), model_name(model),
+                          token_kl, resid.text_ids)

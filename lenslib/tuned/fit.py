@@ -63,6 +63,29 @@ def final_summary(model, final_raw: Tensor, top_k: int, block: int = 64) -> tupl
     return normed, torch.cat(lse), torch.cat(top)
 
 
+def bias_only_lens(model, resid: Residuals) -> TunedLens:
+    """Per layer, the best *offset* alone: ``A = 0``, ``b = mean(final stream - layer stream)``.
+
+    The least-squares translator with its linear part fixed at zero, a baseline for how much
+    of the tuned lens's gain a learned offset gives by itself (Belrose et al. 2023 compare the
+    same).
+
+    Example:
+        >>> import lenslib
+        >>> from lenslib.tuned.fit import bias_only_lens
+        >>> from lenslib.tuned.residuals import collect_residuals
+        >>> model = lenslib.load_model("tiny-llama")
+        >>> lens = bias_only_lens(model, collect_residuals(model, ["hello there"], progress=False))
+        >>> bool((lens.A == 0).all()), tuple(lens.b.shape)      # [layer, d_model]
+        (True, (2, 32))
+    """
+    labels = [l for l in resid.labels if l != "final_post"]
+    final = resid.raw[-1].double()
+    b = torch.stack([(final - resid.raw[i].double()).mean(0) for i in range(len(labels))]).float()
+    d = int(model.cfg.d_model)
+    return TunedLens(labels, torch.zeros(len(labels), d, d), b, model_signature(model))
+
+
 def least_squares_lens(model, resid: Residuals, *, ridge: float = 1e-3, progress: bool = True) -> TunedLens:
     """Per layer, the ridge least-squares affine map to ``"final_post"`` (float64, centred).
 

@@ -11,7 +11,7 @@ torch.Size([3, 8, 32])
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -32,11 +32,14 @@ class Residuals:
             last is ``"final_post"``.
         labels: their labels.
         next_ids: ``[token]`` the next input token, -1 at each window's last position.
+        text_ids: ``[token]`` the index of the text each token comes from (for resampling by
+            text, e.g. :meth:`lenslib.LensEvaluation.bootstrap_kl`); ``None`` when unknown.
     """
 
     raw: Float[Tensor, "layer token d_model"]
     labels: list[str]
     next_ids: Int[Tensor, "token"]
+    text_ids: Optional[Int[Tensor, "token"]] = None
 
     @property
     def n_tokens(self) -> int:
@@ -59,7 +62,7 @@ def collect_residuals(
         raise InputError("no texts given: pass a list of strings to run the model on")
     device = model.W_U.device
     hooks = residual_hooks(int(model.cfg.n_layers), incl_mid)
-    parts, next_parts, labels = [], [], None
+    parts, next_parts, text_parts, labels = [], [], [], None
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=not progress):
         tokens = [tokenize(model, t, prepend_bos=True, what=f"text {start + i} {t[:40]!r}...")
                   for i, t in enumerate(texts[start:start + batch_size])]
@@ -73,9 +76,10 @@ def collect_residuals(
                 continue
             parts.append(stack[:, row, 1:n].float().cpu().clone())
             next_parts.append(torch.cat([ids[2:n], torch.tensor([-1])]))
+            text_parts.append(torch.full((n - 1,), start + row, dtype=torch.long))
     if not parts:
         raise InputError("the texts hold no token after BOS")
-    return Residuals(torch.cat(parts, dim=1), list(labels), torch.cat(next_parts))
+    return Residuals(torch.cat(parts, dim=1), list(labels), torch.cat(next_parts), torch.cat(text_parts))
 
 
 def final_norm(model, x: Float[Tensor, "row d_model"]) -> Float[Tensor, "row d_model"]:
