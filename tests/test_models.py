@@ -1,4 +1,4 @@
-"""Where models come from: the cache, the bundled models, the hub, the declared environment."""
+"""Where models come from: the cache, the bundled models, the hub."""
 
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 
 import lenslib
 from lenslib.models import cache as model_cache
 from lenslib.models import loading as models
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -247,14 +244,3 @@ def test_loading_leaves_the_garbage_collector_as_it_was(collector_on):
         assert seen == [False, False] and gc.isenabled() is collector_on
     finally:
         gc.enable()
-
-
-def test_environment_yml_agrees_with_pyproject():
-    yaml = pytest.importorskip("yaml")
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    pinned = {line for line in pip_section if not line.startswith("-")}
-    assert pinned == declared
-    assert all("==" in spec for spec in declared), "every dependency is pinned to a known-good version"
