@@ -8,18 +8,36 @@ vocabulary (fine for the short prompts of the tests).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
+from numerics import logit_error
 
 
 @dataclass
 class Reference:
-    """Float64 statistics, each ``[layer, pos]`` (``log_probs`` is ``[layer, pos, vocab]``)."""
+    """Float64 statistics, each ``[layer, pos]`` (``log_probs`` is ``[layer, pos, vocab]``), of
+    the float32 logits of ``rows`` (``[layer, pos, d_model]``, what ``lm_head`` decoded)."""
 
     log_probs: torch.Tensor
     entropy: torch.Tensor
     kl_to_final: torch.Tensor
     model_logits: torch.Tensor  # [pos, vocab], the model's own
+    rows: torch.Tensor
+
+    def as_result(self, target_ids: torch.Tensor, k: int) -> SimpleNamespace:
+        """The fields of a :class:`lenslib.LensResult` for ``target_ids`` ``[pos]`` (-1: none),
+        computed from these float64 log-probabilities, for ``numerics.assert_lens_agrees``."""
+        top = self.log_probs.topk(k, dim=-1)
+        has = (target_ids >= 0).view(1, -1).expand(self.log_probs.shape[0], -1)
+        safe = target_ids.clamp_min(0).view(1, -1, 1).expand(self.log_probs.shape[0], -1, 1)
+        logprob = self.log_probs.gather(-1, safe).squeeze(-1)
+        rank = (self.log_probs > logprob.unsqueeze(-1)).sum(-1) + 1
+        return SimpleNamespace(
+            top_ids=top.indices, top_probs=top.values.exp(), entropy=self.entropy, kl_to_final=self.kl_to_final,
+            target_ids=target_ids, target_logprob=torch.where(has, logprob, torch.nan),
+            target_prob=torch.where(has, logprob.exp(), torch.nan), target_rank=torch.where(has, rank, 0),
+        )
 
 
 def final_norm(hf_model) -> torch.nn.Module:
@@ -33,10 +51,11 @@ def reference_lens(hf_model, input_ids: torch.Tensor) -> Reference:
     norm, head = final_norm(hf_model), hf_model.lm_head
     # transformers applies the final norm to the last hidden state it returns; detect rather
     # than assume, so a change of convention fails loudly below instead of skewing the layer.
-    last_is_normed = torch.allclose(head(hidden[-1]), out.logits[0], atol=1e-4)
-    logits = [head(norm(h)) for h in hidden[:-1]]
-    logits.append(head(hidden[-1] if last_is_normed else norm(hidden[-1])))
-    stacked = torch.stack(logits).double()
+    # Normed, the two are float32 products of the same rows: within twice numerics' step-1 bound.
+    W_U = head.weight.T
+    same = (head(hidden[-1]) - out.logits[0]).abs().max() <= 2 * logit_error(hidden[-1], W_U, head.bias).max()
+    rows = torch.stack([norm(h) for h in hidden[:-1]] + [hidden[-1] if same else norm(hidden[-1])])
+    stacked = head(rows).double()
     cap = getattr(hf_model.config, "final_logit_softcapping", None)
     if cap:
         stacked = torch.tanh(stacked / cap) * cap
@@ -44,7 +63,7 @@ def reference_lens(hf_model, input_ids: torch.Tensor) -> Reference:
     probs = log_probs.exp()
     entropy = -(probs * log_probs).sum(-1)
     kl = (probs[-1] * (log_probs[-1] - log_probs)).sum(-1)
-    return Reference(log_probs, entropy, kl, out.logits[0].double())
+    return Reference(log_probs, entropy, kl, out.logits[0].double(), rows)
 
 
 @torch.no_grad()
