@@ -1,11 +1,12 @@
 """lenslib as a user installs it: declared ranges, the tested set, and the wheel in a fresh venv.
 
 The quick tests read pyproject.toml, constraints.txt, environment.yml and the Makefile. The
-``packaging`` tests build the sdist and, from it, the wheel (``python -m build``), install the
-wheel into a fresh virtual environment (no system site-packages) that already holds an older
-numpy, pandas, platformdirs and filelock and this machine's CPU torch, as a researcher's own
-environment would, and run a lens and the CLI from there. They take about two minutes (most of
-it pip unpacking torch); ``-m "not packaging"`` deselects them.
+``packaging`` tests resolve `make setup`'s install from scratch (every package it picks must be
+pinned in constraints.txt), build the sdist and, from it, the wheel (``python -m build``),
+install the wheel into a fresh virtual environment (no system site-packages) that already holds
+an older numpy, pandas, platformdirs and filelock and this machine's CPU torch, as a
+researcher's own environment would, and run a lens and the CLI from there. They take a few
+minutes (most of it pip fetching and unpacking); ``-m "not packaging"`` deselects them.
 """
 
 from __future__ import annotations
@@ -110,6 +111,23 @@ def test_environment_yml_installs_the_same_set():
     assert Requirement("x" + PROJECT["requires-python"]).specifier.contains(python.split("=")[1])
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert pip_section == [f"torch=={TORCH}", "-c constraints.txt", "-e .[dev]"]
+
+
+@pytest.mark.packaging
+def test_constraints_pin_everything_a_fresh_setup_installs(tmp_path):
+    """pip resolves `make setup`'s install from scratch; every package it picks is pinned."""
+    report = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                           "--quiet", "--report", str(report), f"torch=={TORCH}",
+                           "-c", str(ROOT / "constraints.txt"), f"{ROOT}[dev]"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    chosen = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
+              for item in json.loads(report.read_text())["install"]}
+    chosen.pop("lenslib")
+    pins = constraints()
+    assert not set(chosen) - set(pins), f"not in constraints.txt: {sorted(set(chosen) - set(pins))}"
+    assert all(Version(chosen[n]).public == Version(pins[n]).public for n in chosen)
 
 
 # ---------------------------------------------------------------- the wheel, installed
