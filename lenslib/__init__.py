@@ -15,7 +15,9 @@ The package, from the bottom up (imports only go down):
   :func:`compare`;
 * ``lenslib.tuned``: the tuned lens (:class:`TunedLens`, :func:`fit_tuned_lens`,
   :func:`tuned_lens`, :func:`evaluate_lens`);
-* ``lenslib.causal``: :func:`attribute` and :func:`patch_layers`;
+* ``lenslib.causal``: :func:`attribute`, :func:`patch_layers` (the residual stream),
+  :func:`patch_components` (attention, MLP and head outputs), :func:`component_lens` and
+  :func:`attention_patterns`;
 * ``lenslib.recall``: the factual-recall prompts and :func:`run_recall`;
 * ``lenslib.plotting``: figures and circuitsvis views; ``lenslib.reports``: HTML pages;
   ``lenslib.cli``: the ``lenslib`` command.
@@ -24,7 +26,10 @@ Importing lenslib loads no model and does no work; heavy libraries load on first
 """
 
 from lenslib import plotting  # noqa: E402  (figures: lenslib.plotting.lens_grid(...))
+from lenslib.causal.attention import AttentionPatterns, attention_patterns, heads_that_matter
 from lenslib.causal.attribution import Attribution, attribute
+from lenslib.causal.component_lens import ComponentLens, component_lens
+from lenslib.causal.components import patch_components
 from lenslib.causal.patching import PatchResult, patch_layers
 from lenslib.errors import (
     CorpusNotAvailableError,
@@ -49,8 +54,10 @@ from lenslib.tuned.recipe import FitRecipe
 from lenslib.tuned.translators import TunedLens
 
 __all__ = [
+    "AttentionPatterns",
     "Attribution",
     "Comparison",
+    "ComponentLens",
     "CorpusNotAvailableError",
     "FitRecipe",
     "InputError",
@@ -65,14 +72,18 @@ __all__ = [
     "RecallRun",
     "TunedLens",
     "TunedLensFit",
+    "attention_patterns",
     "attribute",
     "compare",
+    "component_lens",
     "evaluate_lens",
     "fit_tuned_lens",
+    "heads_that_matter",
     "list_models",
     "load_model",
     "load_recall_dataset",
     "logit_lens",
+    "patch_components",
     "patch_layers",
     "plotting",
     "random_control",

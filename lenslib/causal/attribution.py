@@ -167,7 +167,7 @@ def attribute(
         )
     target_id = token_id(model, target, "target")
     versus_id = None if versus is None else token_id(model, versus, "versus")
-    if per_head and _has_post_attention_norm(model):
+    if per_head and has_post_attention_norm(model):
         raise InputError(
             "per-head attribution is not exact for this architecture: it normalises the attention "
             "output after mixing the heads (Gemma's post-attention RMSNorm), so heads do not add "
@@ -185,8 +185,8 @@ def attribute(
         parts, labels, layers, kinds = _components(model, cache, n_layers, per_head)
         x = cache[f"blocks.{n_layers - 1}.hook_resid_post"][0, -1]
         del cache
-        direction, constant = _unembed_direction(model, target_id, versus_id)
-        scale, gain = _final_norm(model, x)
+        direction, constant = unembed_direction(model, target_id, versus_id)
+        scale, gain = final_norm(model, x)
         readout = (gain * direction) / scale  # [d_model]
         contributions = parts.double() @ readout.double()
         final = logits[0, -1].double()
@@ -207,7 +207,9 @@ def attribute(
     )
 
 
-def _has_post_attention_norm(model) -> bool:
+def has_post_attention_norm(model) -> bool:
+    """Whether the model normalises the attention output after mixing its heads (Gemma 2/3's
+    post-attention RMSNorm), so that heads do not add into the residual stream one by one."""
     return hasattr(model.blocks[0], "ln1_post") or "blocks.0.ln1_post.hook_scale" in model.hook_dict
 
 
@@ -256,7 +258,10 @@ def _check_heads_add_up(heads: Tensor, attn: Tensor, layer: int) -> None:
         )
 
 
-def _unembed_direction(model, target_id: int, versus_id: Optional[int]):
+def unembed_direction(model, target_id: int, versus_id: Optional[int]) -> tuple[Tensor, float]:
+    """``(W_U[:, target] - W_U[:, versus], b_U[target] - b_U[versus])``: the ``[d_model]``
+    direction a normalised stream is read along, and the bias (``versus`` optional, 0 without
+    a bias)."""
     w_u = model.W_U
     b_u = getattr(model, "b_U", None)
     direction = w_u[:, target_id].clone()
@@ -267,15 +272,21 @@ def _unembed_direction(model, target_id: int, versus_id: Optional[int]):
     return direction, constant
 
 
-def _final_norm(model, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The frozen scale ``s`` of ``x`` and the final RMSNorm's gain ``g`` ([d_model]).
+def final_norm(model, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The frozen scale ``s`` of ``x`` and the final RMSNorm's gain ``g`` ([d_model]): see
+    :func:`frozen_rms_norm` (applied to ``model.ln_final``)."""
+    return frozen_rms_norm(model.ln_final, x, float(getattr(model.cfg, "eps", 1e-6)), "final norm")
 
-    ``g`` is read off the module itself (``ln_final(ones) * sqrt(1 + eps)``), so Llama's
-    ``weight`` and Gemma's ``1 + weight`` are both handled; then ``ln_final(x) == x * g / s`` is
+
+def frozen_rms_norm(norm, x: Tensor, eps: float, what: str) -> tuple[Tensor, Tensor]:
+    """``(s, g)``: the scale ``s = sqrt(mean(x**2) + eps)`` of one ``[d_model]`` vector ``x`` and
+    the gain ``g`` ([d_model]) of the RMSNorm module ``norm``, so that ``norm(x) == x * g / s``.
+
+    ``g`` is read off the module itself (``norm(ones) * sqrt(1 + eps)``), so Llama's
+    ``weight`` and Gemma's ``1 + weight`` are both handled; then ``norm(x) == x * g / s`` is
     checked, so a norm of another kind (LayerNorm's centring) fails loudly instead of skewing.
+    ``what`` names the norm in that error.
     """
-    norm = model.ln_final
-    eps = float(getattr(model.cfg, "eps", 1e-6))
     ones = torch.ones(1, 1, x.numel(), dtype=x.dtype, device=x.device)
     gain = norm(ones)[0, 0] * (1.0 + eps) ** 0.5
     scale = (x.double().pow(2).mean() + eps).sqrt().to(x.dtype)
@@ -285,7 +296,7 @@ def _final_norm(model, x: Tensor) -> tuple[Tensor, Tensor]:
     mine = x.float() * gain.float() / scale.float()
     if not torch.allclose(mine, expected, rtol=tol, atol=0.1 * tol * float(expected.abs().max())):
         raise InputError(
-            f"the final norm ({type(getattr(norm, '_original_component', norm)).__name__}) is not "
+            f"the {what} ({type(getattr(norm, '_original_component', norm)).__name__}) is not "
             "an RMSNorm x * g / rms(x); direct logit attribution supports RMSNorm models only."
         )
     return scale, gain

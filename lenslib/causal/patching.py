@@ -40,20 +40,32 @@ METRICS = ("prob", "logit", "logit_diff")
 
 @dataclass
 class PatchResult:
-    """What patching each layer x position of the clean run into the corrupt run gives back.
+    """What patching each layer (or component) x position gives: the residual stream here
+    (:func:`patch_layers`), attention, MLP or head outputs in
+    :func:`lenslib.causal.components.patch_components`.
+
+    Rows are what was patched (``layer_labels``), columns the positions patched.
 
     Attributes:
-        restored: ``[layer, pos]`` the fraction restored,
-            ``(patched - corrupt) / (clean - corrupt)``: 0 = nothing, 1 = all of it.
-        metric: ``[layer, pos]`` the raw metric of each patched run.
+        restored: ``[row, pos]`` where the patched run lies between the two runs,
+            ``(patched - corrupt) / (clean - corrupt)``: 0 = the corrupt run's metric, 1 = the
+            clean run's. Denoising (clean activations into the corrupt run) starts at 0;
+            noising (corrupt activations into the clean run) starts at 1. See :attr:`effect`.
+        metric: ``[row, pos]`` the raw metric of each patched run.
         metric_name: ``"prob"`` (the answer's probability at the last position), ``"logit"``
             (its logit) or ``"logit_diff"`` (``logit(answer) - logit(versus)``).
         clean_value, corrupt_value: the metric on the unpatched clean and corrupt runs.
-        layer_labels: one label per layer (see the module docstring).
+        layer_labels: one label per row: ``"{l}_pre"`` / ``"final_post"`` (residual stream),
+            ``"{l}_attn"``, ``"{l}_mlp"``, ``"{l}_attn_h{h}"`` (one head).
         positions: ``[pos]`` the patched positions (indices into the tokens, BOS included).
         clean_tokens, corrupt_tokens: the two prompts' tokens as strings.
         target_token, versus_token: the tokens measured.
         model_name: the model's name.
+        site: ``"resid"``, ``"attn"``, ``"mlp"`` or ``"head"``: what each row patches.
+        direction: ``"denoising"`` (clean into corrupt) or ``"noising"`` (corrupt into clean).
+        block: per row, the block patched (for ``"resid"``: the stream entering it;
+            ``n_layers`` = the last block's output). Empty on results made before these fields.
+        head: per row, the head patched (-1 where the row is not one head).
     """
 
     restored: Float[Tensor, "layer pos"]
@@ -68,44 +80,102 @@ class PatchResult:
     target_token: str
     versus_token: Optional[str] = None
     model_name: str = field(default="", repr=False)
+    site: str = "resid"
+    direction: str = "denoising"
+    block: list[int] = field(default_factory=list)
+    head: list[int] = field(default_factory=list)
+
+    @property
+    def effect(self) -> Float[Tensor, "row pos"]:
+        """``[row, pos]`` the share of the clean - corrupt difference a patch accounts for:
+        denoising, ``restored`` (how much the clean activation brings back); noising,
+        ``1 - restored = (clean - patched) / (clean - corrupt)`` (how much the corrupt
+        activation takes away). 0 = no effect, 1 = the whole difference, either way."""
+        return self.restored if self.direction == "denoising" else 1 - self.restored
 
     def to_frame(self):
-        """A tidy ``pandas.DataFrame``: one row per layer x position (``layer_label``,
-        ``position``, ``clean_token``, ``corrupt_token``, ``metric``, ``restored``)."""
+        """A tidy ``pandas.DataFrame``: one row per patched row x position (``layer`` = row
+        index, ``layer_label``, ``block``, ``head`` (-1: not a head), ``position``,
+        ``clean_token``, ``corrupt_token``, ``metric``, ``restored``, ``effect``)."""
         import pandas as pd
 
+        effect = self.effect
         rows = []
         for i, label in enumerate(self.layer_labels):
             for j, pos in enumerate(self.positions.tolist()):
-                rows.append({"layer": i, "layer_label": label, "position": pos,
+                rows.append({"layer": i, "layer_label": label,
+                             "block": self.block[i] if self.block else i, "head": self.head[i] if self.head else -1,
+                             "position": pos,
                              "clean_token": self.clean_tokens[pos], "corrupt_token": self.corrupt_tokens[pos],
-                             "metric": float(self.metric[i, j]), "restored": float(self.restored[i, j])})
+                             "metric": float(self.metric[i, j]), "restored": float(self.restored[i, j]),
+                             "effect": float(effect[i, j])})
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
-        """Every field as plain Python values, for JSON."""
+        """Every field as plain Python values, for JSON (with ``effect``)."""
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         for name in ("restored", "metric", "positions"):
             out[name] = out[name].tolist()
+        out["effect"] = self.effect.tolist()
         return out
 
     def __str__(self) -> str:
-        """The metric on both runs, the best patch, and the restored fraction per layer there."""
+        """The metric on both runs, the patch with the largest effect, and the effect per row there."""
         layer, pos, best = self.best()
         column = self.positions.tolist().index(pos)
         what = repr(self.target_token) + (f" vs {self.versus_token!r}" if self.versus_token else "")
-        lines = [f"patching{f' of {self.model_name}' if self.model_name else ''}, clean into corrupt, "
+        how = "clean into corrupt" if self.direction == "denoising" else "corrupt into clean"
+        verb = "restores" if self.direction == "denoising" else "removes"
+        site = {"resid": "residual stream", "attn": "attention outputs", "mlp": "MLP outputs",
+                "head": "head outputs (hook_z)"}.get(self.site, self.site)
+        lines = [f"patching{f' of {self.model_name}' if self.model_name else ''}, {site}, {how} ({self.direction}), "
                  f"{self.metric_name} of {what}: clean {self.clean_value:.4g}, corrupt {self.corrupt_value:.4g}",
-                 f"best patch: layer {layer}, position {pos} ({self.clean_tokens[pos]!r}) restores {best:.1%}",
-                 "restored fraction per layer at that position:"]
-        lines += [f"  {label:<11} {float(self.restored[i, column]):+.3f}" for i, label in enumerate(self.layer_labels)]
+                 f"largest effect: {layer}, position {pos} ({self.clean_tokens[pos]!r}) {verb} {best:.1%}",
+                 f"{'restored' if self.direction == 'denoising' else 'removed'} fraction per row at that position:"]
+        effect = self.effect
+        order = range(len(self.layer_labels))
+        if len(self.layer_labels) > 40:  # e.g. every head: the 20 largest
+            order = sorted(order, key=lambda i: -abs(float(effect[i, column])))[:20]
+            lines[-1] += " (the 20 largest)"
+        lines += [f"  {self.layer_labels[i]:<14} {float(effect[i, column]):+.3f}" for i in order]
         return "\n".join(lines)
 
     def best(self) -> tuple[str, int, float]:
-        """``(layer label, position, restored fraction)`` of the patch that restores most."""
-        flat = int(self.restored.argmax())
-        layer, pos = divmod(flat, self.restored.shape[1])
-        return self.layer_labels[layer], int(self.positions[pos]), float(self.restored[layer, pos])
+        """``(row label, position, effect)`` of the patch with the largest :attr:`effect` (for
+        denoising: the one that restores most)."""
+        effect = self.effect
+        flat = int(effect.argmax())
+        layer, pos = divmod(flat, effect.shape[1])
+        return self.layer_labels[layer], int(self.positions[pos]), float(effect[layer, pos])
+
+    def by_head(self, position: Optional[int] = None) -> Float[Tensor, "layer head"]:
+        """``[block, head]`` the :attr:`effect` of each head at one patched position (default:
+        the last one patched), for ``site="head"`` results. Rows are the patched blocks in
+        order (``sorted(set(self.block))``).
+
+        Raises:
+            InputError: not a per-head result, or a position that was not patched.
+        """
+        if self.site != "head" or not self.head:
+            raise InputError(f"by_head needs a result of site='head', this one is site={self.site!r}")
+        column = self.column_of(position)
+        n_heads = max(self.head) + 1
+        layers = sorted(set(self.block))
+        grid = torch.full((len(layers), n_heads), float("nan"))
+        effect = self.effect
+        for i, (block, head) in enumerate(zip(self.block, self.head)):
+            grid[layers.index(block), head] = effect[i, column]
+        return grid
+
+    def column_of(self, position: Optional[int]) -> int:
+        """The column of ``position`` in ``restored`` (``None``: the last patched position)."""
+        patched = self.positions.tolist()
+        if position is None:
+            return len(patched) - 1
+        n = len(self.clean_tokens)
+        if not -n <= position < n or position % n not in patched:
+            raise InputError(f"position {position} was not patched; the patched positions are {patched}")
+        return patched.index(position % n)
 
 
 def patch_layers(
@@ -207,6 +277,8 @@ def patch_layers(
         target_token=decode.one(target_id),
         versus_token=None if versus_id is None else decode.one(versus_id),
         model_name=bridge.model_name(model),
+        block=list(range(len(hooks))),
+        head=[-1] * len(hooks),
     )
 
 

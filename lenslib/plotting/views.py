@@ -89,10 +89,10 @@ def next_token_prob_view(result: LensResult) -> LensView:
     """
     cols = _next_token_columns(result)
     values = result.target_prob[:, cols].T.double()  # [pos, layer]
-    return _render(
+    return render_view(
         "ColoredTokensMulti",
         f"each of {len(cols)} tokens coloured by the probability each of {result.n_layers} layers gave it",
-        tokens=[_token(result.target_tokens[c]) for c in cols],
+        tokens=[view_token(result.target_tokens[c]) for c in cols],
         values=values.tolist(),
         labels=list(result.layer_labels),
         positiveBounds=[1.0] * result.n_layers,
@@ -125,12 +125,12 @@ def layer_log_probs_view(result: LensResult, layer: Union[int, str] = -1) -> Len
         )
     l = _layer_index(result, layer)
     prompt = [result.str_tokens[p] for p in pos] + [result.target_tokens[cols[-1]]]
-    return _render(
+    return render_view(
         "TokenLogProbs",
         f"{len(cols)} tokens coloured by their log-probability at layer {result.layer_labels[l]}",
-        prompt=[_token(t) for t in prompt],
+        prompt=[view_token(t) for t in prompt],
         topKLogProbs=result.top_probs[l, cols].double().log().clamp(min=-1e4).tolist(),
-        topKTokens=[[_token(t) for t in result.top_tokens[l][c]] for c in cols],
+        topKTokens=[[view_token(t) for t in result.top_tokens[l][c]] for c in cols],
         correctTokenRank=(result.target_rank[l, cols] - 1).tolist(),
         correctTokenLogProb=result.target_logprob[l, cols].double().clamp(min=-1e4).tolist(),
     )
@@ -155,10 +155,10 @@ def topk_view(result: LensResult) -> LensView:
         ids = result.top_ids[:, c]  # [layer, k]
         unique, index = torch.unique(ids, return_inverse=True)
         string = {int(i): s for i, s in zip(ids.reshape(-1).tolist(), _flat(result.top_tokens, c))}
-        tokens.append([_token(string[int(i)]) for i in unique])
+        tokens.append([view_token(string[int(i)]) for i in unique])
         top_vals.append([result.top_probs[:, c].double().T.tolist()])  # [1, k, layer]
         top_idxs.append([index.T.tolist()])
-    return _render(
+    return render_view(
         "TopkTokens",
         f"top-{k} next tokens of {n_layer} layers at {n_pos} position(s)",
         tokens=tokens,
@@ -179,8 +179,8 @@ def topk_view(result: LensResult) -> LensView:
 # ---------------------------------------------------------------- helpers
 
 
-def _token(s: str) -> str:
-    """Token text for circuitsvis, which parses it as HTML and shows spaces itself."""
+def view_token(s: str) -> str:
+    """Token text for circuitsvis, which parses it as HTML and shows spaces itself (escaped)."""
     return clean_token(s, visible_spaces=False)
 
 
@@ -230,8 +230,11 @@ def _script_json(props: dict) -> str:
     return text
 
 
-def _render(component: str, summary: str, **props) -> LensView:
-    """Like circuitsvis.utils.render.render_local, with script-safe props and no CDN copy."""
+def render_view(component: str, summary: str, **props) -> LensView:
+    """A circuitsvis ``component`` with ``props``, as :class:`LensView`: like
+    ``circuitsvis.utils.render.render_local``, with script-safe props (see :func:`_script_json`)
+    and the bundled JavaScript inlined. Token strings in ``props`` must already have gone
+    through :func:`view_token`."""
     element = f"circuits-vis-{uuid.uuid4().hex[:13]}"
     return LensView(
         f'<div id="{element}" style="margin: 15px 0;"></div>\n'

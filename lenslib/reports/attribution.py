@@ -31,14 +31,20 @@ def attribution_report(result: "Attribution", *, model_name: str, prompt: str) -
 
 
 def patching_report(result: "PatchResult", *, model_name: str, clean: str, corrupt: str) -> str:
-    """The restored-fraction heatmap, the raw metric heatmap and the table."""
-    from lenslib.plotting.attribution import patching_heatmap
+    """The effect heatmap (and, for single heads, the block x head map), the raw metric heatmap
+    and the table."""
+    from lenslib.plotting.attribution import SITE_WORDS, head_patching_heatmap, patching_heatmap
 
+    how = "clean into corrupt" if result.direction == "denoising" else "corrupt into clean"
+    shown = [patching_heatmap(result), patching_heatmap(result, restored=False)]
+    if result.site == "head":
+        shown.insert(0, head_patching_heatmap(result))
     return page(f"lenslib patching: {clean}", [
         f"<h1>Activation patching, {html.escape(model_name)}</h1>",
         f"<p>Clean: <code>{html.escape(clean)}</code><br>Corrupt: <code>{html.escape(corrupt)}</code><br>"
+        f"Patched: {html.escape(SITE_WORDS.get(result.site, result.site))}, {how} ({result.direction}).<br>"
         f"Metric: {html.escape(result.metric_name)}; clean {result.clean_value:.4g}, corrupt "
         f"{result.corrupt_value:.4g}.</p>",
-        *figures([patching_heatmap(result), patching_heatmap(result, restored=False)]),
+        *figures(shown),
         table(result.to_frame()),
     ])
