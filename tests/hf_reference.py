@@ -77,8 +77,9 @@ def reference_attribution(hf_model, input_ids: torch.Tensor, target: int, versus
     ``1 + weight``), its scale frozen at the last position.
 
     Returns:
-        ``(labels, contributions [component] float64, constant, total)``; ``total`` is the
-        model's own final logit (difference).
+        ``(labels, contributions [component] float64, constant, total, parts)``; ``total`` is the
+        model's own final logit (difference); ``parts`` ``[component, d_model]`` what each
+        component wrote at the last position (float32 values, as float64).
     """
     layers = hf_model.model.layers
     gemma = hasattr(layers[0], "post_feedforward_layernorm")
@@ -114,4 +115,4 @@ def reference_attribution(hf_model, input_ids: torch.Tensor, target: int, versus
     contributions = parts @ (gain * direction) / scale
     logits = out.logits[0, -1].double()
     total = float(logits[target] - (logits[versus] if versus is not None else 0.0))
-    return labels, contributions, constant, total
+    return labels, contributions, constant, total, parts

@@ -201,7 +201,8 @@ def lens_tolerances(
     """Per-cell tolerances for the lens statistics of two computations (steps 3 and 4).
 
     Args:
-        delta: ``[layer, pos]`` :func:`logit_shift` of the decoded rows.
+        delta: ``[layer, pos]`` :func:`logit_shift` of the decoded rows; the last layer is the
+            final one (KL's reference row, whose own shift counts too).
         a, b: the two results (anything with ``entropy``, ``kl_to_final`` and, where compared,
             ``target_logprob``, ``[layer, pos]``); the bound takes the larger of the two.
         columns: the lens's tile width (``min(d_vocab, lenslib.core.stats.TILE_COLUMNS)``, or
@@ -218,13 +219,14 @@ def lens_tolerances(
     """
     eps = tiled * sum_error(columns)
     grow = torch.expm1(2 * delta.double())
+    grow_kl = torch.expm1(2 * torch.maximum(delta, delta[-1:]).double())  # both rows move
     H = torch.maximum(a.entropy.double(), b.entropy.double())
     kl = torch.maximum(a.kl_to_final.double(), b.kl_to_final.double())
     H_final = H[-1:].expand_as(H)
     stored = 2 * U32
     return {
         "entropy": H * grow + eps * (1 + 2 * H) + stored * H,
-        "kl_to_final": (kl + 3) * grow + eps * (2 + 2 * kl + 4 * H_final) + stored * kl,
+        "kl_to_final": (kl + 3) * grow_kl + eps * (2 + 2 * kl + 4 * H_final) + stored * kl,
         "logprob": 2 * delta.double() + eps,
         "prob_rtol": torch.expm1(2 * delta.double() + eps) + stored,
     }
@@ -407,16 +409,17 @@ def tile_columns(model) -> int:
     return min(int(model.cfg.d_vocab), TILE_COLUMNS)
 
 
-def decoded(model, results: Sequence, forward: str, incl_mid: bool = False) -> list[Tensor]:
+def decoded(model, results: Sequence, forward: str, incl_mid: bool = False, lens=None) -> list[Tensor]:
     """The normalised rows ``[layer, pos, d_model]`` each result's lens decoded, recomputed by
     :func:`lenslib.lens.batch.decoded_rows` with the same prompts run as one batch and the same
-    forward path (deterministic: the same numbers the lens saw)."""
+    forward path (deterministic: the same numbers the lens saw). ``results``: anything with
+    ``input_ids`` and ``positions``; ``lens``: the tuned lens's translators, if one was used."""
     from lenslib.lens.batch import decoded_rows
 
     with torch.no_grad():
         rows, _, path = decoded_rows(
             model, [r.input_ids for r in results], [r.positions for r in results],
-            incl_mid=incl_mid, forward=forward, lens=None,
+            incl_mid=incl_mid, forward=forward, lens=lens,
         )
     assert path == forward
     sizes = [r.positions.numel() for r in results]
