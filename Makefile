@@ -56,7 +56,7 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: models
-	$(BIN)/python bench/lens_bench.py
+	$(BIN)/python -m bench lens
 
 clean:
 	rm -rf $(VENV) site

@@ -1,4 +1,4 @@
-"""The logit-lens benchmark: cases (what is timed), measure (how), report (what is written).
+"""lenslib's benchmarks: one harness (``harness``, ``measure``, ``report``) and its suites (``suites/``).
 
-Run it as ``python bench/lens_bench.py`` (see its docstring).
+Run one with ``python -m bench SUITE``; ``python -m bench --list`` lists them; see ``bench/README.md``.
 """

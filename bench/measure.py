@@ -1,5 +1,10 @@
-"""How the benchmark measures: wall time and peak extra memory, interleaved over cases, and the
-machine it ran on (CPU model, load average: the machine may be shared)."""
+"""How the bench measures: wall time and peak extra memory of one call, cases interleaved over
+repetitions, and the machine it ran on (CPU model, load average: the machine may be shared).
+
+Peak memory is measured here and nowhere else (:class:`PeakMemory`): on CUDA the allocator's
+peak; on Linux the process's peak resident set (``VmHWM``), reset just before the call; elsewhere
+the resident set sampled every 2 ms.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import re
 import statistics
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,6 +33,7 @@ def load_average() -> Optional[list[float]]:
 
 
 def machine_info(device: str, dtype: torch.dtype) -> dict:
+    """CPU, cores, threads, RAM, library versions and which paths the lens takes on this machine."""
     from importlib import metadata
 
     import psutil
@@ -84,20 +91,25 @@ def _matmul_path(device: str, dtype: torch.dtype) -> str:
     return names.get(backend, backend)
 
 
-def _status_kb(field: str) -> int:
-    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+def status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ``RssFile``...) in bytes."""
+    found = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    if not found:
+        raise OSError(f"/proc/self/status has no {field} field")
+    return int(found.group(1)) * 1024
 
 
 @functools.lru_cache(maxsize=None)
 def _can_reset_hwm() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
-        return _status_kb("VmHWM") > 0
+        return status_bytes("VmHWM") > 0
     except (OSError, AttributeError):
         return False
 
 
 def memory_method(device: str) -> str:
+    """What :class:`PeakMemory` measures on ``device`` on this machine, in words."""
     if device == "cuda":
         return "torch.cuda.max_memory_allocated minus memory_allocated before the case"
     if _can_reset_hwm():
@@ -106,6 +118,7 @@ def memory_method(device: str) -> str:
 
 
 def release_memory(device: str) -> None:
+    """Collect garbage and hand freed memory back (CUDA cache, or the C heap via ``malloc_trim``)."""
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -117,11 +130,21 @@ def release_memory(device: str) -> None:
 
 
 class PeakMemory:
-    """Peak memory above the level at entry, in bytes (``.extra`` after the block)."""
+    """Peak memory during the block, in bytes.
+
+    After the block: ``base`` (memory at entry), ``peak`` (the highest seen) and ``extra``
+    (``peak - base``, at least 0). On CPU these are the process's resident set, so they include
+    the weights and everything else alive; on CUDA, what torch's allocator holds.
+
+    >>> with PeakMemory("cpu") as memory:
+    ...     block = bytearray(64 * 2**20)
+    >>> memory.extra > 32 * 2**20
+    True
+    """
 
     def __init__(self, device: str):
         self.device = device
-        self.extra = 0
+        self.base = self.peak = self.extra = 0
 
     def __enter__(self):
         if self.device == "cuda":
@@ -130,38 +153,50 @@ class PeakMemory:
             self.base = torch.cuda.memory_allocated()
         elif _can_reset_hwm():
             Path("/proc/self/clear_refs").write_text("5")
-            self.base = _status_kb("VmRSS") * 1024
+            self.base = status_bytes("VmRSS")
         else:
             import psutil
 
             process = psutil.Process()
-            self.base = self.peak = process.memory_info().rss
-            self.done = threading.Event()
+            self.base = self._sampled = process.memory_info().rss
+            self._done = threading.Event()
 
             def sample():
-                while not self.done.wait(0.002):
-                    self.peak = max(self.peak, process.memory_info().rss)
+                while not self._done.wait(0.002):
+                    self._sampled = max(self._sampled, process.memory_info().rss)
 
-            self.sampler = threading.Thread(target=sample, daemon=True)
-            self.sampler.start()
+            self._sampler = threading.Thread(target=sample, daemon=True)
+            self._sampler.start()
         return self
 
     def __exit__(self, *exc):
         if self.device == "cuda":
             torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
+            self.peak = torch.cuda.max_memory_allocated()
         elif _can_reset_hwm():
-            peak = _status_kb("VmHWM") * 1024
+            self.peak = status_bytes("VmHWM")
         else:
-            self.done.set()
-            self.sampler.join()
-            peak = max(self.peak, __import__("psutil").Process().memory_info().rss)
-        self.extra = max(0, peak - self.base)
+            import psutil
+
+            self._done.set()
+            self._sampler.join()
+            self.peak = max(self._sampled, psutil.Process().memory_info().rss)
+        self.extra = max(0, self.peak - self.base)
         return False
 
 
-def run_once(fn: Callable[[], object], device: str, keep: bool = False) -> tuple[float, int, object]:
-    """One timed run: wall seconds, peak extra bytes, and the result if ``keep`` (else None)."""
+@dataclass
+class Run:
+    """One timed call: wall seconds, peak memory (see :class:`PeakMemory`) and its result if kept."""
+
+    seconds: float
+    extra_bytes: int
+    peak_bytes: int
+    result: object = None
+
+
+def run_once(fn: Callable[[], object], device: str, keep: bool = False) -> Run:
+    """Free what can be freed, then time ``fn()`` under ``torch.no_grad()`` and watch its memory."""
     release_memory(device)
     with PeakMemory(device) as memory:
         start = time.perf_counter()
@@ -173,64 +208,62 @@ def run_once(fn: Callable[[], object], device: str, keep: bool = False) -> tuple
         if not keep:
             del result
             result = None
-    return seconds, memory.extra, result
+    return Run(seconds, memory.extra, memory.peak, result)
 
 
-def summarise(times: list[float], peaks: list[int], loads: list) -> dict:
+def summarise(runs: list[Run], loads: list) -> dict:
+    """The fields of a measured entry: median and min seconds, each run's time and peaks."""
+    times = [r.seconds for r in runs]
     return {
         "median_s": statistics.median(times),
         "min_s": min(times),
         "times_s": times,
-        "peak_extra_bytes": max(peaks),
-        "peak_extra_bytes_each": peaks,
+        "peak_extra_bytes": max(r.extra_bytes for r in runs),
+        "peak_extra_bytes_each": [r.extra_bytes for r in runs],
+        "peak_bytes": max(r.peak_bytes for r in runs),
         "load_average_1m_each": loads,
     }
 
 
-def measure(fn: Callable[[], object], reps: int, device: str) -> dict:
-    """Run ``fn`` ``reps`` times in a row; wall seconds and peak extra bytes of each run."""
-    times, peaks, loads = [], [], []
-    for _ in range(reps):
-        loads.append((load_average() or [None])[0])
-        seconds, extra, _ = run_once(fn, device)
-        times.append(seconds)
-        peaks.append(extra)
-    return summarise(times, peaks, loads)
+@dataclass
+class Timed:
+    """How one case of a row is run by :func:`measure_row`."""
+
+    fn: Callable[[], object]
+    reps: int
+    warm_up: bool = False  # one untimed call just before its first timed one
+    keep: bool = False  # return the last repetition's result
+    read: Optional[Callable[[object], dict]] = None  # figures read off the last result at once
+    after: Optional[Callable[[], None]] = None  # untimed, after each run
 
 
-def measure_interleaved(
-    runs: dict[str, Callable[[], object]], reps: int, device: str,
-    after: Optional[dict[str, Callable[[], None]]] = None, keep: tuple[str, ...] = (),
-) -> tuple[dict[str, dict], dict[str, object]]:
-    """Each repetition runs every case once, in order, so slow spells on a shared machine fall on
-    all cases alike. ``after[case]`` runs (untimed) after that case; the last result of each case
-    in ``keep`` is returned as well."""
-    times = {c: [] for c in runs}
-    peaks = {c: [] for c in runs}
-    loads = {c: [] for c in runs}
+def measure_row(runs: dict[str, Timed], device: str) -> tuple[dict[str, dict], dict[str, object]]:
+    """Run the cases interleaved: repetition ``i`` runs, in order, every case with more than ``i``
+    repetitions, so a slow spell on a shared machine falls on every case alike.
+
+    Returns each case's entry fields (:func:`summarise`, plus what ``read`` found on its last
+    result, read right after that run) and the last result of each case with ``keep``.
+    """
+    done: dict[str, list[Run]] = {key: [] for key in runs}
+    loads: dict[str, list] = {key: [] for key in runs}
+    figures: dict[str, dict] = {}
     kept: dict[str, object] = {}
-    for _ in range(reps):
-        for case, fn in runs.items():
-            loads[case].append((load_average() or [None])[0])
-            seconds, extra, result = run_once(fn, device, keep=case in keep)
-            times[case].append(seconds)
-            peaks[case].append(extra)
-            if case in keep:
-                kept[case] = result
-            del result
-            if after and case in after:
-                after[case]()
-    return {c: summarise(times[c], peaks[c], loads[c]) for c in runs}, kept
-
-
-def naive_limit_bytes(device: str, limit_gb: Optional[float]) -> tuple[int, str]:
-    if limit_gb is not None:
-        return int(limit_gb * 1e9), f"--naive-mem-limit-gb {limit_gb}"
-    if device == "cuda":
-        free, _ = torch.cuda.mem_get_info()
-        return int(0.8 * free), "80% of the GPU memory free at start"
-    import psutil
-
-    available = psutil.virtual_memory().available
-    margin = max(2e9, 0.2 * available)
-    return int(available - margin), "RAM available at start minus max(2 GB, 20%)"
+    for rep in range(max((t.reps for t in runs.values()), default=0)):
+        for key, timed in runs.items():
+            if rep >= timed.reps:
+                continue
+            if rep == 0 and timed.warm_up:
+                with torch.no_grad():
+                    timed.fn()
+            last = rep == timed.reps - 1
+            loads[key].append((load_average() or [None])[0])
+            run = run_once(timed.fn, device, keep=last and (timed.keep or timed.read is not None))
+            if last and timed.read is not None:
+                figures[key] = timed.read(run.result)
+            if last and timed.keep:
+                kept[key] = run.result
+            run.result = None
+            done[key].append(run)
+            if timed.after is not None:
+                timed.after()
+    return {key: {**summarise(done[key], loads[key]), **figures.get(key, {})} for key in runs}, kept

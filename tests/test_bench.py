@@ -1,130 +1,328 @@
-"""bench/lens_bench.py on the tiny model: every case measured, every ratio present, files written."""
+"""The bench harness (bench/harness.py, measure.py, report.py) and its suites (bench/suites/).
 
-import importlib.util
+A suite declared here runs end to end on the tiny model; every declared suite is checked for
+ratios over cases it declares; the memory measurement sees a large allocation; the lens suite's
+computations compare like with like. No test names a case of a real suite: they read the
+declarations.
+"""
+
 import json
 import math
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
+import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "lens_bench.py"
-CASES = ["a", "b", "d", "d_torch", "e", "e'", "f", "f_bridge", "g", "g_t", "c"]  # the order each repetition runs
-RATIOS = ["a/d", "b/e", "a/c", "a/g_tl_builtin", "b/e'", "f/e'", "f_bridge/e'"]
-TOKENS = [8, 24]
-# The naive path's estimate on the tiny model is 4.5 x 3 layers x n x 64 x 4 bytes: 28 kB at 8
-# tokens, 83 kB at 24. A 50 kB limit runs it at 8 and skips it at 24, so one run tests both.
-LIMIT_GB = "5e-5"
+from bench import harness
+from bench.suite import Case, Defaults, Ratio, Row, Suite, Target, problems
+from bench.measure import PeakMemory, Timed, measure_row, run_once
+from bench.passage import passage_text, prompt_of_length
+from bench.report import markdown, ratio_figure, time_figure
+from bench.suites import all_suites
 
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("lens_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    import lenslib
-
-    return lenslib.load_model("tiny-llama", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def run(bench, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    argv = ["--tiny", "--tokens", ",".join(map(str, TOKENS)), "--reps", "2", "--out", str(out), "--no-plot",
-            "--naive-mem-limit-gb", LIMIT_GB]
-    returned = bench.main(argv)
-    return out, returned
+TOKENS = [8, 12]
+REPS = 2
 
 
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
-def test_json_has_every_case_measured(run, bench):
-    out, returned = run
-    report = json.loads((out / "results.json").read_text())
-    assert report["results"] == json.loads(json.dumps(returned["results"]))
-    machine = report["machine"]
-    assert machine["device"] == "cpu" and machine["dtype"] == "float32"
-    assert machine["cpu_cores"] >= 1 and machine["cpu_model"] and machine["torch"]
-    seen = {(r["tokens"], r["case"]) for r in report["results"]}
-    assert seen == {(n, c) for n in TOKENS for c in CASES}
-    skipped = [r for r in report["results"] if "skipped" in r]
-    assert [(r["tokens"], r["case"]) for r in skipped] == [(24, "c")]
-    assert "exceeds the limit" in skipped[0]["skipped"] and "median_s" not in skipped[0]
-    for r in report["results"]:
-        assert r["model"] == "tiny-llama" and r["device"] == "cpu"
+@pytest.fixture(scope="module")
+def tiny():
+    import lenslib
+
+    model = lenslib.load_model("tiny-llama", device="cpu")
+    assert model.cfg.n_layers == 2 and model.cfg.d_model == 32 and model.cfg.d_vocab == 64
+    return model
+
+
+# ---------------------------------------------------------------- a suite declared here
+
+
+@dataclass
+class ToyRow(Row):
+    model: object = None
+    prompt: str = ""
+    tokens: object = None
+
+
+def toy_suite(model, calls: list) -> Suite:
+    """Four cases on the tiny model; ``calls`` records every call, in order."""
+    import lenslib
+
+    def logged(key, fn):
+        def run():
+            calls.append(key)
+            return fn()
+
+        return run
+
+    def context(loaded, name, n, args, report):
+        prompt, tokens, _ = prompt_of_length(loaded, passage_text(), n)
+        return ToyRow(name=name, n_tokens=n, model=loaded, prompt=prompt, tokens=tokens)
+
+    def after_row(ctx, entries, kept, report):
+        report["kept"].append({"model": ctx.name, "tokens": ctx.n_tokens, "cases": sorted(kept),
+                               "positions": int(kept["lens"].positions.numel())})
+
+    cases = (
+        Case("lens", "logit_lens, all positions", lambda c: logged("lens", lambda: lenslib.logit_lens(c.model, c.prompt)),
+             colour="#1f77b4", keep=True, read=lambda c, r: {"layers_read": len(r.layer_labels)}),
+        Case("forward", "model(tokens)", lambda c: logged("forward", lambda: c.model(c.tokens)), colour="#ff7f0e",
+             warm_up=True),
+        Case("once", "measured once", lambda c: logged("once", lambda: c.model(c.tokens)), reps=1),
+        Case("long_only", "skipped below 10 tokens", lambda c: logged("long_only", lambda: c.model(c.tokens)),
+             skip=lambda c: "too short for this case" if c.n_tokens < 10 else None),
+    )
+    ratios = (
+        Ratio("lens/forward", ("lens",), ("forward",), "the lens against a forward pass", at_most=1e9, plot=True),
+        Ratio("forward/lens", ("forward",), ("lens",), "", at_most=1e-9, from_tokens=10),
+        Ratio("(lens+once)/forward", ("lens", "once"), ("forward",), "a sum over cases"),
+        Ratio("long_only/forward", ("long_only",), ("forward",), "a ratio with a skipped case"),
+    )
+    targets = (Target("every layer read", lambda ctx, e: (e["lens"]["layers_read"] == 3, str(e["lens"]["layers_read"]))),)
+    return Suite(
+        name="toy", title="Toy suite", about="A test's suite.", stem="toy", tokens_mean="tokens, BOS included",
+        cases=cases, ratios=ratios, targets=targets, load=lambda name, args, report: model, context=context,
+        defaults=Defaults(models=("tiny-llama",), tokens=(8,), reps=1, threads=1),
+        prepare=lambda args: {"kept": []}, after_row=after_row, row_lists=("kept",),
+        sections=lambda report: ["", f"Toy section: {len(report['kept'])} rows kept."],
+    )
+
+
+@pytest.fixture(scope="module")
+def toy_run(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    calls: list = []
+    suite = toy_suite(tiny, calls)
+    report = harness.run_suite(suite, ["--tokens", ",".join(map(str, TOKENS)), "--reps", str(REPS), "--out", str(out),
+                                       "--no-plot"])
+    return suite, out, report, calls
+
+
+def test_a_declared_suite_measures_every_case_and_writes_its_json(toy_run):
+    suite, out, report, _ = toy_run
+    written = json.loads((out / "toy.json").read_text())
+    assert written["results"] == json.loads(json.dumps(report["results"]))
+    assert written["suite"] == "toy" and written["machine"]["cpu_cores"] >= 1 and written["machine"]["torch"]
+    keys = [c.key for c in suite.cases]
+    assert [(r["tokens"], r["case"]) for r in written["results"]] == [(n, k) for n in TOKENS for k in keys]
+    for r in written["results"]:
+        case = suite.case(r["case"])
         if "skipped" in r:
+            assert r["skipped"] == "too short for this case" and r["tokens"] < 10 and "median_s" not in r
             continue
-        assert len(r["times_s"]) == 2 and all(_positive(t) for t in r["times_s"])
-        assert _positive(r["median_s"]) and r["min_s"] <= r["median_s"]
-        assert isinstance(r["peak_extra_bytes"], int) and r["peak_extra_bytes"] >= 0
-        assert r["peak_extra_bytes"] == max(r["peak_extra_bytes_each"])
-        assert len(r["load_average_1m_each"]) == 2
-    for r in report["results"]:
-        if r["case"] == "d":
-            assert _positive(r["gflop_per_s"])
-        if r["case"] == "c":
-            assert r["estimated_peak_extra_bytes"] == int(bench.NAIVE_LIVE_TENSORS * 3 * r["tokens"] * 64 * 4)
+        reps = case.reps or REPS
+        assert len(r["times_s"]) == reps and all(_positive(t) for t in r["times_s"])
+        assert r["median_s"] >= r["min_s"] > 0 and r["peak_extra_bytes"] == max(r["peak_extra_bytes_each"])
+        assert r["peak_bytes"] >= r["peak_extra_bytes"] and len(r["load_average_1m_each"]) == reps
+    assert sum("skipped" in r for r in written["results"]) == 1
+    read = [r["layers_read"] for r in written["results"] if r["case"] == "lens"]
+    assert read == [3, 3]  # figures read off the result, into the entry
+    assert written["kept"] == [{"model": "tiny-llama", "tokens": n, "cases": ["lens"], "positions": n} for n in TOKENS]
+    assert set(written["set_up_s"]) == {"tiny-llama"}
 
 
-def test_every_ratio_is_present_and_consistent(run):
-    out, _ = run
-    report = json.loads((out / "results.json").read_text())
-    assert [(r["model"], r["tokens"]) for r in report["ratios"]] == [("tiny-llama", n) for n in TOKENS]
-    times = {(r["tokens"], r["case"]): r.get("median_s") for r in report["results"]}
+def test_cases_run_interleaved_with_their_own_repetitions(toy_run):
+    *_, calls = toy_run
+    short = ["lens", "forward", "forward", "once", "lens", "forward"]  # forward: one warm-up call first
+    long = ["lens", "forward", "forward", "once", "long_only", "lens", "forward", "long_only"]
+    assert calls == short + long
+
+
+def test_ratios_are_quotients_of_the_measured_medians(toy_run):
+    suite, out, report, _ = toy_run
+    median = {(r["tokens"], r["case"]): r.get("median_s") for r in report["results"]}
     memory = {(r["tokens"], r["case"]): r.get("peak_extra_bytes") for r in report["results"]}
+    assert [(r["model"], r["tokens"]) for r in report["ratios"]] == [("tiny-llama", n) for n in TOKENS]
     for row in report["ratios"]:
         n = row["tokens"]
-        for ratio in RATIOS:
-            num, den = ratio.removesuffix("_tl_builtin").split("/")
-            if (n, den) == (24, "c"):
-                assert row[ratio]["time"] is None and row[ratio]["memory"] is None
-                assert row[ratio]["why_none"] == "case c skipped"
+        assert set(row) == {"model", "tokens"} | {r.name for r in suite.ratios}
+        for ratio in suite.ratios:
+            value = row[ratio.name]
+            if any(median[n, c] is None for c in ratio.over + ratio.under):
+                assert value == {"time": None, "memory": None, "why_none": "case long_only skipped"}
                 continue
-            assert _positive(row[ratio]["time"])
-            assert row[ratio]["time"] == pytest.approx(times[n, num] / times[n, den])
-            if memory[n, den] > 0:
-                assert row[ratio]["memory"] == pytest.approx(memory[n, num] / memory[n, den])
-            else:
-                assert row[ratio]["memory"] is None
-        unavoidable = times[n, "d"] + times[n, "f"]
-        assert row["(d+f)/d"]["time"] == pytest.approx(unavoidable / times[n, "d"])
-        assert row["a/(d+f)"]["time"] == pytest.approx(times[n, "a"] / unavoidable)
-        tl_both = times[n, "g"] + times[n, "g_t"]
-        assert row["a/(g+g_t)_tl_builtin"]["time"] == pytest.approx(times[n, "a"] / tl_both)
-        assert row["a/(g+g_t)_tl_builtin"]["memory"] is None  # peaks of two calls do not add
+            expected = sum(median[n, c] for c in ratio.over) / sum(median[n, c] for c in ratio.under)
+            assert value["time"] == pytest.approx(expected)
+            if len(ratio.over) > 1:
+                assert value["memory"] is None  # peaks of two calls do not add
+            elif memory[n, ratio.under[0]]:
+                assert value["memory"] == pytest.approx(memory[n, ratio.over[0]] / memory[n, ratio.under[0]])
 
 
-def test_lenslib_agrees_with_transformer_lens_own_lens(run):
-    out, _ = run
-    report = json.loads((out / "results.json").read_text())
-    assert [(g["model"], g["tokens"]) for g in report["agreement"]] == [("tiny-llama", n) for n in TOKENS]
+def test_targets_are_checked_where_they_apply(toy_run):
+    _, out, report, _ = toy_run
+    found = {(t["tokens"], t["target"]): t["met"] for t in report["targets"]}
+    assert found == {
+        (8, "lens/forward <= 1e+09"): True, (12, "lens/forward <= 1e+09"): True,
+        (12, "forward/lens <= 1e-09 at 10 tokens and above"): False,  # from_tokens: not checked at 8
+        (8, "every layer read"): True, (12, "every layer read"): True,
+    }
+    md = (out / "toy.md").read_text()
+    assert "Targets: 4 of 5 met" in md
+    assert "| tiny-llama | 12 | forward/lens <= 1e-09 at 10 tokens and above | **NOT met** |" in md
+
+
+def test_markdown_has_every_row_and_renders_again_from_the_json(toy_run):
+    suite, out, report, _ = toy_run
+    md = (out / "toy.md").read_text()
+    for r in report["results"]:
+        assert f"| {r['model']} | {r['tokens']} | {r['case']} {r['label']} |" in md
+    assert "skipped: too short for this case" in md and "measured once" in md
+    assert "lens/forward: the lens against a forward pass" in md and "Toy section: 2 rows kept." in md
+    assert "| model | tokens | " + " | ".join(r.name for r in suite.ratios) + " |" in md
+    assert markdown(json.loads((out / "toy.json").read_text()), suite) == md
+
+
+def test_figures_follow_the_declaration(toy_run):
+    suite, _, report, _ = toy_run
+    fig = time_figure(report, suite)
+    assert [t.legendgroup for t in fig.data] == [c.key for c in suite.cases]
+    for trace in fig.data:
+        expected = [12] if trace.legendgroup == "long_only" else TOKENS
+        assert list(trace.x) == expected and all(_positive(y) for y in trace.y)
+        assert trace.line.color == suite.case(trace.legendgroup).colour
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+    ratios = ratio_figure(report, suite)
+    assert [t.name for t in ratios.data] == [r.name for r in suite.ratios if r.plot]
+    assert list(ratios.data[0].y) == [row["lens/forward"]["time"] for row in report["ratios"]]
+
+
+def test_append_keeps_earlier_rows_and_replaces_those_measured_again(tiny, tmp_path):
+    suite = toy_suite(tiny, [])
+    common = ["--reps", "1", "--out", str(tmp_path), "--no-plot", "--cases", "lens,forward"]
+    harness.run_suite(suite, ["--tokens", "8"] + common)
+    second = harness.run_suite(suite, ["--tokens", "12", "--append"] + common)
+    assert [(r["tokens"], r["case"]) for r in second["results"]] == [(8, "lens"), (8, "forward"), (12, "lens"),
+                                                                     (12, "forward")]
+    assert [r["tokens"] for r in second["kept"]] == [8, 12]
+    assert [part["settings"]["tokens"] for part in second["runs"]] == [[8], [12]]
+    third = harness.run_suite(suite, ["--tokens", "8", "--append", "--reps", "1", "--out", str(tmp_path),
+                                      "--no-plot", "--cases", "lens"])
+    assert [(r["tokens"], r["case"]) for r in third["results"]] == [(12, "lens"), (12, "forward"), (8, "lens")]
+    assert [r["tokens"] for r in third["ratios"]] == [12, 8]
+    assert third["runs"][-1]["replaces"] == ["tiny-llama at 8 tokens"]
+    md = (tmp_path / "toy.md").read_text()
+    assert "Done in 3 parts" in md and "replaces the earlier tiny-llama at 8 tokens" in md
+
+
+def test_bad_options_are_refused_with_the_choices(tiny, tmp_path, capsys):
+    suite = toy_suite(tiny, [])
+    for argv, says in ((["--cases", "lens,zz"], "choose from lens, forward, once, long_only"),
+                       (["--tokens", "8,x"], "whole numbers"),
+                       (["--dtype", "bf16"], "runs in fp32 only"),
+                       (["--reps", "0"], "--reps and --threads must be >= 1")):
+        with pytest.raises(SystemExit):
+            harness.run_suite(suite, argv + ["--out", str(tmp_path)])
+        assert says in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- every declared suite
+
+
+def test_every_suite_is_listed_and_declared_consistently(capsys):
+    from bench.__main__ import main
+
+    suites = all_suites()
+    assert len(suites) >= 5
+    assert main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    stems = [s.stem for s in suites.values()]
+    assert len(set(stems)) == len(stems)  # no two suites write the same files
+    for name, suite in suites.items():
+        assert f"{name}: {suite.title}" in listed
+        assert problems(suite) == [], name
+        keys = {c.key for c in suite.cases}
+        for ratio in suite.ratios:
+            assert set(ratio.over) | set(ratio.under) <= keys, f"{name}: {ratio.name}"
+        if any(make is time_figure for _, make, _ in suite.figures):
+            assert all(c.colour for c in suite.cases), f"{name}: every case needs a colour for its figure"
+        assert suite.defaults.models and suite.defaults.reps >= 1
+    assert main(["no-such-suite"]) == 2 and "choose one of" in capsys.readouterr().err
+
+
+def test_the_declaration_check_finds_what_is_wrong(tiny):
+    suite = toy_suite(tiny, [])
+    from dataclasses import replace
+
+    bad = replace(suite, cases=suite.cases + (suite.cases[0],),
+                  ratios=suite.ratios + (Ratio("lens/nothing", ("lens",), ("nothing",)),))
+    found = problems(bad)
+    assert "case key 'lens' declared twice" in found
+    assert any("ratio 'lens/nothing' needs cases ['nothing']" in p for p in found)
+    with pytest.raises(ValueError, match="declared wrongly"):
+        harness.run_suite(bad, [])
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def test_peak_memory_sees_a_large_allocation():
+    size = 256 * 2**20
+    with PeakMemory("cpu") as idle:
+        pass
+    with PeakMemory("cpu") as memory:
+        block = torch.ones(size // 4)  # written, so resident
+        del block
+    assert memory.extra >= 0.9 * size, memory.extra
+    assert idle.extra < 0.1 * size
+    assert memory.peak - memory.base == memory.extra
+    run = run_once(lambda: torch.ones(size // 4).sum(), "cpu")
+    assert run.extra_bytes >= 0.9 * size and run.result is None and run.seconds > 0
+
+
+def test_measure_row_reads_each_result_right_after_it_ran():
+    order = []
+
+    def step(name):
+        def fn():
+            order.append(name)
+            return len(order)
+
+        return fn
+
+    measured, kept = measure_row({
+        "x": Timed(step("x"), reps=3, read=lambda result: {"seen": result, "at": list(order)}),
+        "y": Timed(step("y"), reps=2, keep=True, warm_up=True),
+    }, "cpu")
+    assert order == ["x", "y", "y", "x", "y", "x"]
+    assert measured["x"]["seen"] == 6 and measured["x"]["at"] == order  # the last run's result, at once
+    assert kept == {"y": 5} and len(measured["y"]["times_s"]) == 2 and "seen" not in measured["y"]
+
+
+# ---------------------------------------------------------------- the lens suite's computations
+
+
+def test_lens_suite_on_the_tiny_model(tmp_path):
+    """Every declared case measured or skipped with a reason, every ratio present, lenslib agreeing
+    with TransformerLens's own lens."""
+    suite = all_suites()["lens"]
+    report = harness.run_suite(suite, ["--tiny", "--tokens", "8,24", "--reps", "1", "--out", str(tmp_path),
+                                       "--no-plot"])
+    keys = [c.key for c in suite.cases]
+    assert [r["case"] for r in report["results"]] == keys * 2
+    assert all("median_s" in r or r["skipped"] for r in report["results"])
+    assert all(set(row) >= {r.name for r in suite.ratios} for row in report["ratios"])
     for g in report["agreement"]:
-        n = g["tokens"]
-        assert g["positions"] == n and g["layers"] == 3
-        assert g["top1_compared"] + g["top1_ties_skipped"] == 3 * n
-        assert g["top1_disagree"] == 0 and g["entropy_over_tolerance"] == 0
-        assert g["ranks_compared"] == 3 * (n - 1) and g["rank_disagree"] == 0
-        assert g["entropy_max_abs_diff_nats"] < 1e-4
-    assert "Disagreements (findings): none." in (out / "results.md").read_text()
+        assert g["top1_disagree"] == 0 and g["entropy_over_tolerance"] == 0 and g["rank_disagree"] == 0
+        assert g["top1_compared"] + g["top1_ties_skipped"] == 3 * g["tokens"]
+    assert [g["tokens"] for g in report["agreement"]] == [8, 24]
+    assert "Disagreements (findings): none." in (tmp_path / "results.md").read_text()
 
 
-def test_agreement_reports_a_disagreement(bench, tiny):
+def test_agreement_reports_a_disagreement(tiny):
     """A wrong top-1, entropy or rank on lenslib's side is counted, not hidden."""
     import copy
 
-    import torch
-
     import lenslib
-    from bench.cases import agreement, case_tl_targets, case_tl_top_k
+    from bench.suites.lens import TOP_K, case_tl_targets, case_tl_top_k
+    from bench.suites.lens_agreement import agreement
 
-    prompt, tokens, _ = bench.prompt_of_length(tiny, bench.PASSAGE.read_text(), 12)
-    lens = lenslib.logit_lens(tiny, prompt, k=bench.TOP_K)
+    prompt, tokens, _ = prompt_of_length(tiny, passage_text(), 12)
+    lens = lenslib.logit_lens(tiny, prompt, k=TOP_K)
     top, targets = case_tl_top_k(tiny, tokens), case_tl_targets(tiny, tokens)
     assert agreement(lens, top, targets)["top1_disagree"] == 0
     broken = copy.deepcopy(lens)
@@ -138,65 +336,33 @@ def test_agreement_reports_a_disagreement(bench, tiny):
     assert torch.equal(top.readout.top_ids[:, 0], lens.top_ids)  # same top-5 on the tiny model
 
 
-def test_prompts_are_exactly_n_tokens_of_the_passage(bench, tiny):
+def test_prompts_are_exactly_n_tokens_of_the_passage(tiny):
     import lenslib
 
-    model = tiny
-    text = bench.PASSAGE.read_text()
+    text = passage_text()
     assert len(text.split()) > 1000  # real prose, enough for 2048 tokens of a real tokenizer
     for n in (2, 17, 127):
-        prompt, tokens, copies = bench.prompt_of_length(model, text, n)
+        prompt, tokens, copies = prompt_of_length(tiny, text, n)
         assert tokens.shape == (1, n) and copies >= 1
         assert text.startswith(prompt[:200])
-        assert len(lenslib.logit_lens(model, prompt, positions=None).positions) == n
+        assert len(lenslib.logit_lens(tiny, prompt, positions=None).positions) == n
 
 
-def test_markdown_table_and_figure(run, bench):
-    out, report = run
-    md = (out / "results.md").read_text()
-    assert "| model | tokens | case |" in md and "| a/d |" in md and "| a/(d+f) |" in md
-    for n in TOKENS:
-        for case, label in bench.CASES.items():
-            assert f"| tiny-llama | {n} | {case} {label} |" in md
-    assert "skipped: estimated" in md and "| a/g_tl_builtin |" in md and "Agreement with TransformerLens" in md
-    fig = bench.figure(report)  # structure only; rendering a PNG needs a browser (slow)
-    assert [trace.legendgroup for trace in fig.data] == CASES
-    for trace in fig.data:
-        measured = [8] if trace.legendgroup == "c" else TOKENS
-        assert list(trace.x) == measured and all(_positive(y) for y in trace.y)
-    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
-    ratio_fig = bench.report_module.ratio_figure(report)
-    assert [t.name for t in ratio_fig.data] == ["a/g_tl_builtin", "a/d", "a/(d+f)", "b/e'", "f/e'"]
-    assert list(ratio_fig.data[0].x) == TOKENS
-    assert list(ratio_fig.data[0].y) == [r["a/g_tl_builtin"]["time"] for r in report["ratios"]]
-
-
-def test_cases_option_runs_a_subset_and_the_ratios_say_what_is_missing(bench, tmp_path):
-    report = bench.main(["--tiny", "--tokens", "8", "--reps", "1", "--out", str(tmp_path), "--no-plot",
-                         "--cases", "a,g,d"])
-    assert [r["case"] for r in report["results"]] == ["a", "d", "g"]
-    row = report["ratios"][0]
-    assert row["a/d"]["time"] > 0 and row["a/g_tl_builtin"]["time"] > 0
-    assert row["b/e'"] == {"time": None, "memory": None, "why_none": "case b not run"}
-    with pytest.raises(SystemExit):
-        bench.main(["--tiny", "--cases", "a,zz", "--out", str(tmp_path)])
-
-
-def test_cases_compute_what_the_lens_computes(bench, tiny):
-    """c gives the lens's statistics, and d's matmul gives its logits: the ratios compare like with like."""
-    import torch
-
+def test_lens_cases_compute_what_the_lens_computes(tiny):
+    """The naive path gives the lens's statistics, and the floor's matmul gives its logits: the
+    ratios compare like with like."""
     import lenslib
+    from bench.suites.lens import TOP_K, case_floor, case_naive, normalised_resid
 
     model = tiny
-    prompt, tokens, _ = bench.prompt_of_length(model, bench.PASSAGE.read_text(), 20)
-    lens = lenslib.logit_lens(model, prompt, k=bench.TOP_K)
+    prompt, tokens, _ = prompt_of_length(model, passage_text(), 20)
+    lens = lenslib.logit_lens(model, prompt, k=TOP_K)
     with torch.no_grad():
-        entropy, top_lp, top_ids, kl = bench.case_naive(model, tokens)
-        resid = bench.normalised_resid(model, tokens)
-        logits = bench.case_floor(resid, model.W_U, model.b_U, chunk_bytes=2**30)  # one tile
-        small = bench.case_floor(resid, model.W_U, model.b_U, chunk_bytes=3 * 4 * 64 * 7)  # 7 positions
-        narrow = bench.case_floor(resid, model.W_U, model.b_U, chunk_bytes=3 * 4 * 16)  # 1 x 16 columns
+        entropy, top_lp, top_ids, kl = case_naive(model, tokens)
+        resid = normalised_resid(model, tokens)
+        logits = case_floor(resid, model.W_U, model.b_U, chunk_bytes=2**30)  # one tile
+        small = case_floor(resid, model.W_U, model.b_U, chunk_bytes=3 * 4 * 64 * 7)  # 7 positions
+        narrow = case_floor(resid, model.W_U, model.b_U, chunk_bytes=3 * 4 * 16)  # 1 x 16 columns
         unembedded = model.unembed(resid)
     torch.testing.assert_close(entropy[:, 0], lens.entropy, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(kl[:, 0], lens.kl_to_final, atol=1e-4, rtol=1e-4)
@@ -209,34 +375,41 @@ def test_cases_compute_what_the_lens_computes(bench, tiny):
     torch.testing.assert_close(narrow, unembedded[:, 19, 48:], atol=1e-5, rtol=1e-5)
 
 
-def test_tl_agreement_against_float64_on_the_tiny_model(tmp_path):
-    """bench/tl_agreement.py: each lens's error against float64 from Hugging Face alone."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tl_agreement", BENCH.parent / "tl_agreement.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    report = module.main(["--model", "tiny-llama", "--positions", "20", "--out", str(tmp_path)])
-    assert report["layers"] == 3 and report["ranks_compared"] == 3 * 19
-    assert [r["lens"] for r in report["errors_against_float64"]] == [
-        "lenslib (forward=sdpa)", "lenslib (forward=bridge)", "TransformerLens tools.analysis.logit_lens"]
-    for row in report["errors_against_float64"]:
-        assert 0 < row["entropy_max_abs_err_nats"] < 1e-4  # fp32 against float64: small, not zero
-        assert row["rank_differs_from_float64"] == 0 and row["top1_differs_from_float64"] == 0
-    assert "| lenslib (forward=sdpa) |" in (tmp_path / "tl_agreement.md").read_text()
+def test_tl_agreement_suite_against_float64_on_the_tiny_model(tmp_path):
+    """Each lens's error against float64 from Hugging Face alone: small, not zero, same ranks."""
+    report = harness.run_suite(all_suites()["tl-agreement"], ["--tiny", "--out", str(tmp_path)])
+    [row] = report["errors_against_float64"]
+    assert row["layers"] == 3 and row["ranks_compared"] == 3 * (row["tokens"] - 1)
+    assert len(row["lenses"]) == 3
+    for lens in row["lenses"]:
+        assert 0 < lens["entropy_max_abs_err_nats"] < 1e-4  # fp32 against float64: small, not zero
+        assert lens["rank_differs_from_float64"] == 0 and lens["top1_differs_from_float64"] == 0
+    md = (tmp_path / "tl_agreement.md").read_text()
+    assert all(f"| {lens['lens']} |" in md for lens in row["lenses"])
 
 
-def test_append_adds_a_part_and_keeps_each_parts_machine(bench, tmp_path):
-    first = ["--tiny", "--tokens", "8", "--reps", "1", "--out", str(tmp_path), "--no-plot", "--cases", "a,d"]
-    bench.main(first)
-    report = bench.main(["--tiny", "--tokens", "12", "--reps", "1", "--out", str(tmp_path), "--no-plot",
-                         "--cases", "a,b", "--append"])
-    assert [(r["tokens"], r["case"]) for r in report["results"]] == [(8, "a"), (8, "d"), (12, "a"), (12, "b")]
-    assert [r["tokens"] for r in report["ratios"]] == [8, 12]
-    assert [part["settings"]["tokens"] for part in report["runs"]] == [[8], [12]]
-    assert "Done in 2 parts" in (tmp_path / "results.md").read_text()
-    again = bench.main(["--tiny", "--tokens", "8", "--reps", "1", "--out", str(tmp_path), "--no-plot",
-                        "--cases", "a,g", "--append"])
-    assert [(r["tokens"], r["case"]) for r in again["results"]] == [(12, "a"), (12, "b"), (8, "a"), (8, "g")]
-    assert again["runs"][-1]["replaces"] == ["tiny-llama at 8 tokens"]
-    assert "replaces the earlier tiny-llama at 8 tokens" in (tmp_path / "results.md").read_text()
+@pytest.mark.real_model
+def test_tuned_suites_on_smollm2(tmp_path):
+    """The tuned lens's targets from its record and on a short held-out slice, and a lens call."""
+    suites = all_suites()
+    tuned = harness.run_suite(suites["tuned"], ["--models", "smollm2-135m", "--tokens", "24", "--reps", "1",
+                                                "--out", str(tmp_path)])
+    declared = {t.text for t in suites["tuned"].all_targets()}
+    assert {t["target"] for t in tuned["targets"]} == declared
+    assert "tuned lens of smollm2-135m" in (tmp_path / "tuned_results.md").read_text()
+    held = harness.run_suite(suites["tuned-heldout"], ["--models", "smollm2-135m", "--tokens", "64",
+                                                       "--out", str(tmp_path)])
+    [score] = held["results"]
+    assert score["heldout_tokens"] >= 64 and len(score["table"]) == 3 * 31
+    assert {t["target"] for t in held["targets"]} == {t.text for t in suites["tuned-heldout"].all_targets()}
+
+
+def test_the_bench_doctests_pass():
+    import doctest
+
+    import bench.measure
+    import bench.suite
+
+    for module in (bench.suite, bench.measure):
+        result = doctest.testmod(module)
+        assert result.attempted >= 1 and result.failed == 0, module.__name__
