@@ -121,15 +121,21 @@ def logit_error(
         u: the unit roundoff of the accumulation.
         stored: the unit roundoff of the logits' dtype where it is narrower than the
             accumulation's (:data:`UBF16` for a bfloat16 matmul, which torch accumulates in
-            float32 on CPU and rounds once on output: one more ``stored |z|``).
+            float32 on CPU and rounds once on output): one more ``stored max_v |z_v|``, with the
+            row's largest logit computed exactly (float64), since Cauchy-Schwarz would overstate
+            it tenfold.
 
     Returns:
         ``[...]`` float64, nats of logit.
     """
     w, b = unembedding_norm(W_U, b_U)
     d_model = rows.shape[-1] + (0 if b_U is None else 1)
-    size = rows.detach().double().norm(dim=-1) * w + b  # >= sum_i |h_i w_i| + |b|, >= |z|
-    return (gamma(d_model, u) + stored * (1 + gamma(d_model, u))) * size
+    size = rows.detach().double().norm(dim=-1) * w + b  # >= sum_i |h_i w_i| + |b|
+    error = gamma(d_model, u) * size
+    if stored:
+        largest = exact_logits(rows, W_U, b_U).abs().amax(-1)
+        error = error + stored * (largest + error)
+    return error
 
 
 def matmul_error(x: Tensor, W: Tensor, b: Optional[Tensor] = None, u: float = U32) -> Tensor:
@@ -171,6 +177,31 @@ def logit_shift(
     errors = [logit_error(rows_a, W_U, b_U), logit_error(rows_b, W_U, b_U)][:rounded]
     cap = 0.0 if softcap is None else rounded * SOFTCAP_ULPS * U32 * softcap
     return apart + sum(errors) + cap
+
+
+def weights_shift(
+    rows_a: Tensor, rows_b: Tensor, W_a: Tensor, W_b: Tensor, stored_a: float = 0.0, stored_b: float = 0.0
+) -> Tensor:
+    """``delta`` (step 2) when the two computations also decode with different unembeddings
+    (a bfloat16 copy of the weights against float32 ones): ``h_a w_a - h_b w_b`` is
+    ``h_a (w_a - w_b) + (h_a - h_b) w_b``: the first term computed exactly (float64, its largest
+    entry per row), the second at most ``||h_a - h_b|| max||w_b||``; plus each side's rounding
+    (``stored``: see :func:`logit_error`)."""
+    spread = (rows_a.detach().double() @ (W_a.detach().double() - W_b.detach().double())).abs().amax(-1)
+    apart = (rows_a.detach().double() - rows_b.detach().double()).norm(dim=-1) * unembedding_norm(W_b)[0]
+    return (apart + spread
+            + logit_error(rows_a, W_a, stored=stored_a) + logit_error(rows_b, W_b, stored=stored_b))
+
+
+def criterion_shift(model, rows: Tensor, n_pos: int) -> Tensor:
+    """``delta`` (step 2) for two forward runs of the same prompt whose rows are not both at hand
+    (another batch, another caller): ``rows`` ``[..., d_model]`` from one run; the other's are
+    held to step 6's criterion per entry, ``gamma_K max|rows|``, so within ``sqrt(d)`` times that
+    in norm; both unembeddings round."""
+    W_U, b_U, _, _ = unembedding(model)
+    w, _ = unembedding_norm(W_U, b_U)
+    apart = rows.shape[-1] ** 0.5 * stream_tolerance(longest_reduction(model, n_pos), rows) * w
+    return apart + 2 * logit_error(rows, W_U, b_U) + gamma(rows.shape[-1] + 1) * apart  # R of the other rows
 
 
 def sum_error(columns: int) -> float:

@@ -10,7 +10,7 @@ import torch
 from hf_reference import final_norm, reference_lens
 from numerics import (
     EXP_ULPS, U32, UBF16, assert_lens_agrees, assert_top_ids_agree, assert_within, decoded, fraction,
-    lens_tolerances, logit_error, logit_shift, sum_error, tile_columns, unembedding_norm,
+    lens_tolerances, logit_shift, sum_error, tile_columns, weights_shift,
 )
 
 import lenslib
@@ -206,9 +206,7 @@ def test_bfloat16_model_gives_float32_statistics_close_to_fp32(tiny, result, for
     # output), with the measured difference of the two final rows; own's float32 softmax rounds
     # as the lens's sums do (tiled=2)
     rows = decoded(bf16, [got], forward)[0]
-    W = bf16.W_U
-    delta = (rows[-1] - own_rows).double().norm(dim=-1) * unembedding_norm(W)[0]
-    delta += logit_error(rows[-1], W, stored=UBF16) + logit_error(own_rows, W, stored=UBF16)
+    delta = weights_shift(rows[-1], own_rows, bf16.W_U, bf16.W_U, UBF16, UBF16)
     own_top = own.topk(5, dim=-1)
     separated = assert_top_ids_agree(got.top_ids[-1:], own_top.indices[None], own_top.values.exp()[None], delta[None])
     assert fraction(separated[..., 0]) > 0.5  # most top-1s are checked, not waived as near-ties
@@ -219,11 +217,7 @@ def test_bfloat16_model_gives_float32_statistics_close_to_fp32(tiny, result, for
     # against the float32 model: weights rounded to bf16 (at most UBF16 relative each) and a bf16
     # forward; the logits differ by ||h_bf - h_32|| ||w_32|| + ||h_bf|| max ||w_bf - w_32||
     # plus each side's rounding, and the statistics as numerics' step 3 says
-    rows_32 = decoded(tiny, [result], "sdpa")[0]
-    W_32 = tiny.W_U
-    delta = (rows.double() - rows_32.double()).norm(dim=-1) * unembedding_norm(W_32)[0]
-    delta += rows.double().norm(dim=-1) * float((W.detach().double() - W_32.detach().double()).norm(dim=0).max())
-    delta += logit_error(rows, W, stored=UBF16) + logit_error(rows_32, W_32)
+    delta = weights_shift(rows, decoded(tiny, [result], "sdpa")[0], bf16.W_U, tiny.W_U, stored_a=UBF16)
     tol = lens_tolerances(delta, got, result, columns=64)
     assert_within(got.entropy, result.entropy, tol["entropy"], "bf16 entropy")
     separated = assert_top_ids_agree(got.top_ids, result.top_ids, result.top_probs, delta)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import math
 import re
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
+
+from numerics import (
+    SUBNORMAL32, U32, assert_ranks_within, assert_within, criterion_shift, decoded, exact_logits,
+    near_ties, sum_error, tile_columns, unembedding,
+)
 
 import lenslib
 from lenslib.recall.analysis import (
@@ -156,7 +162,7 @@ def test_run_recall_shapes(tiny, tiny_items, tiny_run):
 def test_run_recall_table_agrees_with_the_ranks(tiny_run):
     table, ranks, probs = tiny_run.table, tiny_run.ranks, tiny_run.probs
     assert table["final_rank"].tolist() == ranks[:, -1].tolist()
-    assert torch.allclose(torch.tensor(table["final_prob"].to_numpy()), probs[:, -1])
+    assert torch.equal(torch.tensor(table["final_prob"].to_numpy()).float(), probs[:, -1])  # the same float32s
     assert table["correct"].tolist() == (ranks[:, -1] == 1).tolist()
     for row, trajectory in zip(table.itertuples(), ranks.tolist()):
         expected = emergence_layer(trajectory)
@@ -174,17 +180,30 @@ def test_own_predictions_are_correct(tiny_run):
     assert (own["final_prob"] == own["final_top1_prob"]).all()
 
 
+def _assert_same_answer(model, got_ranks, got_probs, single):
+    """A recall run's ranks and probabilities ``[layer]`` against one prompt's lens: another batch
+    of the same prompt, so tests/numerics.py's criterion_shift bounds its logits' shift; ranks
+    differ only by near-ties, probabilities by step 3's relative bound."""
+    rows = decoded(model, [single], "sdpa")[0]  # [layer, 1, d_model]
+    delta = criterion_shift(model, rows, single.input_ids.numel())
+    W_U, b_U, _, transform = unembedding(model)
+    assert_ranks_within(got_ranks.view(-1, 1), single.target_rank, rows, W_U, b_U, single.target_ids, delta, transform)
+    rtol = torch.expm1(2 * delta[:, 0] + 2 * sum_error(tile_columns(model))) + 2 * U32
+    larger = torch.maximum(got_probs, single.target_prob[:, 0]).double()
+    assert_within(got_probs, single.target_prob[:, 0], larger * rtol + 2 * SUBNORMAL32, "probability")
+
+
 def test_run_recall_matches_single_prompt_lens(tiny, tiny_items, tiny_run):
     for i, item in enumerate(tiny_items):
         single = lenslib.logit_lens(tiny, item.prompt, k=1, target=item.answer, positions="last")
-        assert tiny_run.ranks[i].tolist() == single.target_rank[:, 0].tolist()
-        assert torch.allclose(tiny_run.probs[i], single.target_prob[:, 0], atol=1e-6)
+        _assert_same_answer(tiny, tiny_run.ranks[i], tiny_run.probs[i], single)
 
 
 def test_batch_size_does_not_change_the_result(tiny, tiny_items, tiny_run):
     one_batch = run_recall(tiny, tiny_items, batch_size=16, progress=False)
-    assert torch.equal(one_batch.ranks, tiny_run.ranks)
-    assert torch.allclose(one_batch.probs, tiny_run.probs, atol=1e-6)
+    for i, item in enumerate(tiny_items):  # both against the single prompt's lens, as above
+        single = lenslib.logit_lens(tiny, item.prompt, k=1, target=item.answer, positions="last")
+        _assert_same_answer(tiny, one_batch.ranks[i], one_batch.probs[i], single)
 
 
 def test_run_recall_tracks_multi_token_answers_jointly(tiny):
@@ -192,10 +211,25 @@ def test_run_recall_tracks_multi_token_answers_jointly(tiny):
     run = run_recall(tiny, items, progress=False)
     assert run.table["answer_tokens"].tolist() == [1, 3]
     joint = lenslib.logit_lens(tiny, "ab", target=" cd", positions="last")
-    assert run.ranks[1].tolist() == joint.target_rank[:, 0].tolist()
-    assert torch.allclose(run.probs[1], joint.target_prob[:, 0], atol=1e-7)
     single = lenslib.logit_lens(tiny, "ab", target="c", positions="last")
-    assert torch.allclose(run.probs[0], single.target_prob[:, 0], atol=1e-7)
+    # the run's batch held both items' teacher-forced runs: rows round apart from each lens's;
+    # per answer token numerics' criterion_shift, summed over the answer's 3 tokens for the joint
+    _assert_same_answer(tiny, run.ranks[0], run.probs[0], single)
+    prompt, answer = tiny.to_tokens("ab")[0], tiny.to_tokens(" cd", prepend_bos=False)[0]
+    where = torch.arange(prompt.numel() - 1, prompt.numel() - 1 + answer.numel())
+    forced = SimpleNamespace(input_ids=torch.cat([prompt, answer[:-1]]), positions=where)
+    rows = decoded(tiny, [forced], "sdpa")[0]  # [layer, answer token, d_model]
+    delta = criterion_shift(tiny, rows, forced.input_ids.numel())
+    # the joint rank is the worst token's: it moves by at most the most near-ties of any token
+    exact = exact_logits(rows, tiny.W_U)
+    targets = answer.view(1, -1).expand(rows.shape[0], -1)
+    z_t = exact.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ties = near_ties(exact.flatten(0, 1), targets.flatten(), (2 * delta + 2 * U32 * z_t.abs()).flatten())
+    assert ((run.ranks[1] - joint.target_rank[:, 0]).abs() <= ties.view_as(z_t).amax(-1)).all()
+    delta = delta.sum(-1)  # the joint log-probability sums the tokens' (step 3, per token)
+    rtol = torch.expm1(2 * delta + 2 * answer.numel() * sum_error(tile_columns(tiny))) + 2 * U32
+    larger = torch.maximum(run.probs[1], joint.target_prob[:, 0]).double()
+    assert_within(run.probs[1], joint.target_prob[:, 0], larger * rtol + 2 * SUBNORMAL32, "joint probability")
     with pytest.raises(ValueError, match="no items"):
         run_recall(tiny, [], progress=False)
 
