@@ -45,10 +45,31 @@ def test_patch_writes_json_csv_html(tmp_path):
     assert "Plotly.newPlot" in (tmp_path / "p.html").read_text()
 
 
+def test_patch_components_on_the_command_line(tmp_path):
+    out = run("patch", "abcab", "abdab", "--answer", "c", "--model", "tiny-llama", "--site", "head",
+              "--direction", "noising", "--positions", "3,5", "--json", str(tmp_path / "h.json"),
+              "--csv", str(tmp_path / "h.csv"), "--html", str(tmp_path / "h.html"))
+    assert out.returncode == 0, out.stderr
+    assert "(head, noising)" in out.stdout and "removes" in out.stdout and "1_attn_h" in out.stdout
+    data = json.loads((tmp_path / "h.json").read_text())
+    assert data["site"] == "head" and data["direction"] == "noising" and data["positions"] == [3, 5]
+    assert len(data["restored"]) == 8 and data["head"][:5] == [0, 1, 2, 3, 0]
+    assert data["effect"][0][0] == pytest.approx(1 - data["restored"][0][0], abs=1e-6)
+    frame = pd.read_csv(tmp_path / "h.csv", keep_default_na=False)
+    assert len(frame) == 16 and set(frame["head"]) == {0, 1, 2, 3}
+    page = (tmp_path / "h.html").read_text()
+    assert page.count("Plotly.newPlot") == 3 and "corrupt into clean" in page  # heads map + two heatmaps
+    out = run("patch", "abcab", "abdab", "--answer", "c", "--model", "tiny-llama", "--site", "mlp")
+    assert out.returncode == 0, out.stderr
+    assert "(mlp, denoising)" in out.stdout and "1_mlp" in out.stdout
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["patch", "abc", "abcd", "--answer", "c", "--model", "tiny-llama"], "same number of tokens"),
+        (["patch", "abc", "abd", "--answer", "c", "--model", "tiny-llama", "--site", "heads"], "invalid choice"),
+        (["patch", "abc", "abd", "--answer", "c", "--model", "tiny-llama", "--positions", "x"], "--positions takes"),
         (["patch", "abc", "abd", "--answer", "", "--model", "tiny-llama"], "empty"),
         (["attribute", "abc", "--target", "cd", "--model", "tiny-llama"], "2 tokens"),
         (["attribute", "abc", "--model", "tiny-llama"], "--target"),
