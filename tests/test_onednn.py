@@ -26,7 +26,8 @@ def _lm_head_layout(d_vocab, d_model, generator):
 
 @needs_onednn
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_onednn_tiles_match_float64(with_bias):
+def test_onednn_tiles_match_float64(with_bias, monkeypatch):
+    monkeypatch.setenv("LENSLIB_MATMUL", "onednn")  # about oneDNN, also under make test-kernels
     g = torch.Generator().manual_seed(1)
     rows = torch.randn(45, 96, generator=g)
     W_U = _lm_head_layout(300, 96, g)
@@ -142,7 +143,8 @@ def _float32_error(net, x):
 
 
 @needs_onednn
-def test_linear_layers_switch_to_onednn_with_the_same_outputs():
+def test_linear_layers_switch_to_onednn_with_the_same_outputs(monkeypatch):
+    monkeypatch.setenv("LENSLIB_MATMUL", "onednn")  # about oneDNN, also under make test-kernels
     g = torch.Generator().manual_seed(2)
     net = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.GELU(), torch.nn.Linear(40, 8, bias=False), _OwnLinear(8, 3))
     x = torch.randn(2, 11, 24, generator=g)  # [batch, pos, d]: oneDNN takes the leading dims as rows
@@ -176,6 +178,7 @@ def test_the_sdpa_shadow_runs_its_linear_layers_on_onednn(monkeypatch):
     from lenslib.core.forward import sdpa_shadow
     from lenslib.models.random_weights import tiny_model
 
+    monkeypatch.setenv("LENSLIB_MATMUL", "onednn")  # about oneDNN, also under make test-kernels
     model = tiny_model()
     shadow = sdpa_shadow(model)[0]
     assert type(shadow.model.layers[0].self_attn.q_proj) is tm.OneDNNLinear

@@ -183,3 +183,40 @@ def test_a_compiler_without_openmp_gets_the_threaded_plain_kernel(monkeypatch, t
         _assert_same_state(states[1], states[0], columns)
     finally:
         native_kernel.load.cache_clear()
+
+
+def test_each_instruction_set_is_its_own_build(monkeypatch, tmp_path):
+    """LENSLIB_KERNEL_ISA=avx2 compiles without AVX-512 (no zmm register in the code), next to
+    the native build in the cache; both give the torch update's numbers (the tests above, run
+    under each by `make test-kernels`)."""
+    import platform
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the instruction sets are x86-64's")
+    monkeypatch.setenv("LENSLIB_CACHE", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    native_kernel.load.cache_clear()
+    try:
+        paths = {}
+        for name in ("native", "avx2"):
+            monkeypatch.setenv("LENSLIB_KERNEL_ISA", name)
+            info = native_kernel.built()
+            assert info["isa"] == name and info["flags"][:3] == native_kernel.build_flags(name)[:3]
+            paths[name] = info["path"]
+        assert paths["native"] != paths["avx2"] and len(list((tmp_path / "kernels").glob("*.so"))) == 2
+        if shutil.which("objdump"):
+            code = {n: subprocess.run(["objdump", "-d", p], capture_output=True, text=True).stdout for n, p in paths.items()}
+            assert "%zmm" not in code["avx2"] and "%ymm" in code["avx2"]  # 256-bit vectors only
+            avx512 = " avx512f" in Path("/proc/cpuinfo").read_text()
+            assert ("%zmm" in code["native"]) == avx512  # the native build uses what the CPU has
+    finally:
+        native_kernel.load.cache_clear()
+
+
+def test_a_bad_instruction_set_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("LENSLIB_KERNEL_ISA", "avx1024")
+    with pytest.raises(ValueError, match="native, avx2, baseline"):
+        native_kernel.isa()

@@ -11,6 +11,13 @@ The first use compiles it with the system C compiler (``$CC``, else ``cc``; abou
 ``<cache>/kernels/``, named by a hash of the source, the flags, the compiler and the CPU, and
 renamed into place atomically. Without a compiler, or with ``LENSLIB_KERNEL=torch``, the lens
 uses the torch update and says so once. ``LENSLIB_KERNEL=native`` makes a failed build an error.
+
+``LENSLIB_KERNEL_ISA`` picks the instruction set the kernel is compiled for: ``native`` (the
+default: ``-march=native``, 512-bit vectors where the CPU has AVX-512), or, on x86-64 only,
+``avx2`` (``-march=x86-64-v3``: AVX2 and FMA, no AVX-512, as on many laptops and cloud VMs) or
+``baseline`` (``-march=x86-64``: SSE2). Each is its own file in the cache. The last two run the
+kernel as a CPU without AVX-512 would, so the tests can be run that way on any x86 machine
+(``make test-kernels``).
 """
 
 from __future__ import annotations
@@ -37,12 +44,17 @@ from lenslib.core.files import cache_root
 from lenslib.core.tile_update import RunningStats, merge_topk
 from lenslib.errors import InputError, KernelBuildError
 
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
-# On x86, gcc keeps to 256-bit vectors even where -march=native offers AVX-512; the kernel's
-# loops run 1.5x faster at 512 bits on AMD Zen 5 (0.59 -> 0.39 ns per logit on one core). A no-op
-# on CPUs without AVX-512; other architectures do not know the flag.
-if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
-    FLAGS.insert(2, "-mprefer-vector-width=512")
+COMMON_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+ISA_FLAGS = {  # LENSLIB_KERNEL_ISA -> the -march flags it compiles with
+    # On x86, gcc keeps to 256-bit vectors even where -march=native offers AVX-512; the kernel's
+    # loops ran 1.5x faster at 512 bits on an AMD Zen 5 (see the module docstring). A no-op on
+    # CPUs without AVX-512; other architectures do not know the flag.
+    "native": ["-march=native"] + (["-mprefer-vector-width=512"] if X86 else []),
+    "avx2": ["-march=x86-64-v3"],  # AVX, AVX2, FMA, BMI: no AVX-512
+    "baseline": ["-march=x86-64"],  # SSE2 only
+}
+FLAGS = COMMON_FLAGS[:1] + ISA_FLAGS["native"] + COMMON_FLAGS[1:]  # the default build's flags
 OPENMP_FLAGS = ["-fopenmp"]  # tried first; a compiler without OpenMP builds the plain kernel
 MAX_K = 64  # the kernel keeps top-k by insertion; larger k goes through torch.topk
 _SOURCE = "lens_tile.c"
@@ -55,6 +67,26 @@ def mode() -> str:
     if value not in ("auto", "native", "torch"):
         raise InputError(f"LENSLIB_KERNEL must be auto, native or torch; got {value!r}")
     return value
+
+
+def isa() -> str:
+    """``LENSLIB_KERNEL_ISA``: ``native`` (default), ``avx2`` or ``baseline`` (the last two on
+    x86-64 only)."""
+    value = os.environ.get("LENSLIB_KERNEL_ISA", "native").strip().lower() or "native"
+    if value not in ISA_FLAGS:
+        raise InputError(f"LENSLIB_KERNEL_ISA must be one of {', '.join(ISA_FLAGS)}; got {value!r}")
+    if value != "native" and not X86:
+        raise InputError(
+            f"LENSLIB_KERNEL_ISA={value} names an x86-64 instruction set, but this machine is "
+            f"{platform.machine()}: leave it unset (native)"
+        )
+    return value
+
+
+def build_flags(isa_name: Optional[str] = None) -> list[str]:
+    """The compiler flags for the kernel for ``isa_name`` (default: the current
+    ``LENSLIB_KERNEL_ISA``); OpenMP is added on top where the compiler has it."""
+    return COMMON_FLAGS[:1] + ISA_FLAGS[isa_name or isa()] + COMMON_FLAGS[1:]
 
 
 def native_tile_update(
@@ -117,13 +149,34 @@ def _pool(n_threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(n_threads, thread_name_prefix="lenslib-kernel")
 
 
-@lru_cache(maxsize=1)
 def load() -> ctypes.CDLL:
-    """The compiled kernel, building it on first use. Raises KernelBuildError if it cannot."""
+    """The compiled kernel for the current ``LENSLIB_KERNEL_ISA``, built on first use (one per
+    instruction set). Raises KernelBuildError if it cannot be built."""
+    return _load(isa())
+
+
+load.cache_clear = lambda: _load.cache_clear()  # forget the built libraries (tests change $CC)
+
+
+def built() -> dict:
+    """What :func:`load` built: ``{"isa", "flags", "path", "openmp"}`` (building it if needed).
+
+    Raises:
+        KernelBuildError: it cannot be built.
+    """
+    library = load()
+    return {"isa": isa(), "flags": library.lenslib_flags, "path": library._name,
+            "openmp": bool(library.lens_tile_openmp())}
+
+
+@lru_cache(maxsize=None)
+def _load(isa_name: str) -> ctypes.CDLL:  # one library per instruction set
     errors = []
+    flags = build_flags(isa_name)
     for extra in (OPENMP_FLAGS, []):
         try:
-            library = ctypes.CDLL(str(_build(FLAGS + extra)))
+            library = ctypes.CDLL(str(_build(flags + extra)))
+            library.lenslib_flags = flags + extra
             break
         except (KernelBuildError, OSError) as error:
             errors.append(str(error))
