@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup models run test bench docs clean
+.PHONY: setup models run test test-kernels bench docs clean
 
 # One venv with torch's CPU build first (pinned: other specs pull a multi-GB CUDA build), then
 # lenslib with its test, notebook and docs extras at the exact versions of constraints.txt
@@ -30,10 +30,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 setup: $(STAMP)
 
-# De-quantise both bundled models once into the lenslib cache (about 2 minutes on 2 cores),
-# compile the lens's C kernel (about a second) and fit each model's tuned lens (cached; see
-# bench/tuned_results.md for the time it took).
+# Say what the machine is (CPU features, the matmul library and C kernel build the lens chose:
+# a slow or failing set-up is diagnosed from this), then de-quantise both bundled models once
+# into the lenslib cache (about 2 minutes on 2 cores), compile the lens's C kernel (about a
+# second) and fit each model's tuned lens (cached; see bench/tuned_results.md for the time it took).
 models: $(STAMP)
+	$(BIN)/python -m lenslib.core.machine
 	$(BIN)/python -m lenslib.provision
 
 # The main job: execute the notebook suite in place on the bundled models.
@@ -49,6 +51,16 @@ run: models
 # `-m "not packaging"` / `-m "not docs"` when running pytest by hand.
 test: models
 	$(BIN)/pytest -q --doctest-modules lenslib tests --nbmake notebooks
+
+# The tests whose numbers depend on the CPU's kernels, once under each forced choice: torch.mm
+# instead of oneDNN, the C kernel built without AVX-512 (and for plain SSE2), and the torch tile
+# update instead of the C kernel. Each run prints the machine report it ran under.
+KERNEL_TESTS := tests/test_tile_update.py tests/test_onednn.py tests/test_fast_forward.py \
+	tests/test_lens.py tests/test_lens_reference.py
+test-kernels: models
+	@for choice in LENSLIB_MATMUL=torch LENSLIB_KERNEL_ISA=avx2 LENSLIB_KERNEL_ISA=baseline LENSLIB_KERNEL=torch; do \
+	  echo "== $$choice"; env $$choice $(BIN)/python -m lenslib.core.machine | tail -2; \
+	  env $$choice $(BIN)/pytest -q $(KERNEL_TESTS) || exit 1; done
 
 # The documentation site, offline, into site/ (open site/index.html). --strict: a broken link or
 # a missing API reference fails the build. Notebooks are rendered as executed, not re-run.
