@@ -145,13 +145,13 @@ def test_bad_input(tiny):
 
 @pytest.mark.real_model
 def test_smollm2_against_float64_reference(smollm2, smollm2_hf):
-    lens = _check(smollm2, smollm2_hf, PROMPT, TARGET, -1, atol=2e-3)
+    lens = _check(smollm2, smollm2_hf, PROMPT, TARGET, -1, atol=2e-4)  # seen: 1.2e-5
     assert lens.linearisation == "final norm scale frozen at the position"
 
 
 @pytest.mark.real_model
 def test_gemma_against_float64_reference(gemma, gemma_hf):
-    lens = _check(gemma, gemma_hf, PROMPT, TARGET, -1, atol=5e-3)
+    lens = _check(gemma, gemma_hf, PROMPT, TARGET, -1, atol=5e-4)  # seen: 1.1e-5
     assert "post-attention norm scale frozen" in lens.linearisation
     # the fact Notebook 06 names: block 12's attention writes ' Paris', read from ' Eiffel'
     assert int(lens.attn.argmax()) == 12 and lens.top_sources(12, n=1)[0][1] == " Eiffel"
