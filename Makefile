@@ -53,14 +53,18 @@ test: models
 	$(BIN)/pytest -q --doctest-modules lenslib tests --nbmake notebooks
 
 # The tests whose numbers depend on the CPU's kernels, once under each forced choice: torch.mm
-# instead of oneDNN, the C kernel built without AVX-512 (and for plain SSE2), and the torch tile
-# update instead of the C kernel. Each run prints the machine report it ran under.
+# instead of oneDNN, the C kernel built without AVX-512 (and for plain SSE2), the torch tile
+# update instead of the C kernel, and last every library held to AVX2 at once (torch's own
+# kernels, oneDNN, MKL and the C kernel), as on a CPU without AVX-512. Each run prints the
+# machine report it ran under.
 KERNEL_TESTS := tests/test_tile_update.py tests/test_onednn.py tests/test_fast_forward.py \
 	tests/test_lens.py tests/test_lens_reference.py
+KERNEL_CHOICES := LENSLIB_MATMUL=torch LENSLIB_KERNEL_ISA=avx2 LENSLIB_KERNEL_ISA=baseline LENSLIB_KERNEL=torch \
+	ATEN_CPU_CAPABILITY=avx2+ONEDNN_MAX_CPU_ISA=AVX2+MKL_ENABLE_INSTRUCTIONS=AVX2+LENSLIB_KERNEL_ISA=avx2
 test-kernels: models
-	@for choice in LENSLIB_MATMUL=torch LENSLIB_KERNEL_ISA=avx2 LENSLIB_KERNEL_ISA=baseline LENSLIB_KERNEL=torch; do \
-	  echo "== $$choice"; env $$choice $(BIN)/python -m lenslib.core.machine | tail -2; \
-	  env $$choice $(BIN)/pytest -q $(KERNEL_TESTS) || exit 1; done
+	@for choice in $(KERNEL_CHOICES); do vars=$$(echo $$choice | tr + ' '); \
+	  echo "== $$vars"; env $$vars $(BIN)/python -m lenslib.core.machine | tail -n +4; \
+	  env $$vars $(BIN)/pytest -q $(KERNEL_TESTS) || exit 1; done
 
 # The documentation site, offline, into site/ (open site/index.html). --strict: a broken link or
 # a missing API reference fails the build. Notebooks are rendered as executed, not re-run.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -29,9 +30,20 @@ def test_the_report_follows_forced_choices(monkeypatch):
     assert report.to_dict()["kernel_isa"] == report.kernel_isa
 
 
-def test_python_m_prints_one_report():
+def test_python_m_prints_one_report(monkeypatch):
+    for name in machine.LIMITS:
+        monkeypatch.delenv(name, raising=False)
     out = subprocess.run([sys.executable, "-m", "lenslib.core.machine"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == "lenslib on this machine" and len(lines) == 6
+    assert lines[0] == "lenslib on this machine" and len(lines) == 6  # no limits set here
     assert lines[1].lstrip().startswith("CPU") and "matmul" in out.stdout and "lens kernel" in out.stdout
+
+
+def test_limits_are_reported_and_reach_torch():
+    env = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    code = "from lenslib.core import machine; r = machine.describe(build_kernel=False); print(r.torch_capability, r.limits)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "DEFAULT" and "'ONEDNN_MAX_CPU_ISA': 'AVX2'" in out.stdout

@@ -25,6 +25,9 @@ import torch
 from lenslib.core import native_kernel, onednn
 from lenslib.errors import KernelBuildError
 
+# Environment variables that hold a library below what the CPU offers (make test-kernels sets them
+# to run as a CPU without AVX-512 would): torch's own kernels, oneDNN, MKL.
+LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile")
 
 
@@ -63,6 +66,7 @@ class MachineReport:
     kernel_isa: str
     kernel_flags: tuple[str, ...]
     kernel_openmp: Optional[bool]
+    limits: dict[str, str]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +88,7 @@ class MachineReport:
             f"  torch        {torch.__version__}, CPU kernels at {self.torch_capability}",
             f"  matmul       {matmul}  [LENSLIB_MATMUL={self.matmul_mode}]",
             f"  lens kernel  {kernel}  [LENSLIB_KERNEL={self.kernel_mode}, LENSLIB_KERNEL_ISA={self.kernel_isa}]",
-        ])
+        ] + ([f"  held to      {' '.join(f'{k}={v}' for k, v in self.limits.items())}"] if self.limits else []))
 
 
 def cpu_features(cpuinfo: Optional[str] = None) -> dict[str, bool]:
@@ -154,6 +158,7 @@ def describe(build_kernel: bool = True) -> MachineReport:
         kernel_isa=native_kernel.isa(),
         kernel_flags=flags,
         kernel_openmp=openmp,
+        limits={name: os.environ[name] for name in LIMITS if os.environ.get(name)},
     )
 
 
