@@ -51,8 +51,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lenslib.core.bridge import last_logits_only, unembed
+from lenslib.core.bridge import last_logits_only, output_transform, unembed
 from lenslib.core.forward import FORWARD_CHOICES, sdpa_shadow, sdpa_unavailable_reason
+from lenslib.core.stats import lens_stats
 from lenslib.errors import InputError
 
 if TYPE_CHECKING:
@@ -98,9 +99,15 @@ class Readout:
         self.model, self.metric, self.target, self.versus = model, metric, target, versus
 
     def from_normed(self, rows: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch"]:
-        """The metric from final-norm outputs at the last position."""
+        """The metric from final-norm outputs at the last position. ``"prob"`` runs the lens's
+        tiled full-vocabulary reduction (:func:`lenslib.core.stats.lens_stats`: float32 logits,
+        float64 sums, no ``[batch, d_vocab]`` tensor); the others read one or two columns."""
         if self.metric == "prob":
-            return self.from_logits(unembed(self.model, rows))
+            model = self.model
+            stats = lens_stats(rows.unsqueeze(0), model.W_U.detach(), getattr(model, "b_U", None),
+                               torch.full((rows.shape[0],), self.target, dtype=torch.long), k=1,
+                               output_transform=output_transform(model))
+            return stats.target_prob[0].double()
         columns = [self.target] + ([self.versus] if self.metric == "logit_diff" else [])
         logits = unembed(self.model, rows, torch.tensor(columns, device=rows.device)).double()
         return logits[:, 0] if self.metric == "logit" else logits[:, 0] - logits[:, 1]
@@ -200,8 +207,12 @@ def run_patches(
         return values
     prefix = _prefix_allowed(model, n_tokens)
     parts = _shadow_parts(model)
+    finals = torch.empty(len(runs), base.acts["resid"].shape[-1], dtype=base.acts["resid"].dtype,
+                         device=base.acts["resid"].device)
     for batch in plan_batches([_start(run, n_layers, prefix) for run in runs], n_tokens, batch_size):
-        values[batch] = _sdpa_batch(model, parts, base, source, [runs[i] for i in batch], readout, prefix).cpu()
+        finals[batch] = _sdpa_batch(model, parts, base, source, [runs[i] for i in batch], prefix)
+    for start in range(0, len(runs), 256):  # the unembedding once for many runs: larger matmuls
+        values[start : start + 256] = readout.from_normed(finals[start : start + 256]).cpu()
     return values
 
 
@@ -410,7 +421,8 @@ def _record_sdpa(model, tokens: Tensor, readout: Readout) -> Recording:
     return Recording(tokens, acts, kv, value, "sdpa")
 
 
-def _sdpa_batch(model, parts, base: Recording, source: Recording, runs, readout: Readout, prefix: bool) -> Tensor:
+def _sdpa_batch(model, parts, base: Recording, source: Recording, runs, prefix: bool) -> Tensor:
+    """``[run, d_model]`` the final-norm output at the last position of each patched run."""
     from transformers import DynamicCache
 
     shadow, decoder, layers = parts
@@ -454,7 +466,7 @@ def _sdpa_batch(model, parts, base: Recording, source: Recording, runs, readout:
             layers[l] = originals[l]
         for handle in handles:
             handle.remove()
-    return readout.from_normed(out.last_hidden_state[:, -1])
+    return out.last_hidden_state[:, -1]
 
 
 def _input_patch(clean: Tensor, rows, p0: int) -> Callable:
