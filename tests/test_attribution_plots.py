@@ -28,7 +28,6 @@ def test_contributions_figure(tiny):
 
 def test_per_head_figure_sums_heads(tiny):
     heads = attribute(tiny, "abcab", target="c", per_head=True)
-    blocks = attribute(tiny, "abcab", target="c")
     fig = contributions_figure(heads)
     # the figure shows the heads summed per block (that they add up to the block is
     # test_attribution's check): a float32 sum of n_heads contributions, within gamma_{n_heads+1}

@@ -10,7 +10,7 @@ from lenslib.core import onednn as tm
 from lenslib.core.stats import TILE_COLUMNS, lens_stats, tile_shape
 from numerics import (
     U32, assert_ranks_within, assert_top_ids_agree, assert_within, exact_logits, fraction,
-    gamma, lens_tolerances, logit_shift, matmul_error,
+    lens_tolerances, logit_shift, matmul_error,
 )
 
 needs_onednn = pytest.mark.skipif(
