@@ -131,6 +131,10 @@ def _check_exact_statements(model, clean, corrupt, target, atol, heads=True):
         assert float(got) == pytest.approx(float(logit), abs=atol)
     if heads:  # every head of a block at one position together is its attention output there
         n_heads = int(model.cfg.n_heads)
+        every_head = tuple(Patch("head", l, None, h) for l in range(n_layers) for h in range(n_heads))
+        every_head += tuple(Patch("mlp", l) for l in range(n_layers))
+        assert float(run_patches(model, corrupt_run, clean_run, [every_head], readout)[0]) == pytest.approx(
+            clean_run.value, abs=atol)  # every head and every MLP output: the clean run
         for layer in (0, n_layers // 2, n_layers - 1):
             together = tuple(Patch("head", layer, last, h) for h in range(n_heads))
             values = run_patches(model, corrupt_run, clean_run, [together, (Patch("attn", layer, last),)], readout)

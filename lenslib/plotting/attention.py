@@ -62,7 +62,7 @@ def attention_pattern_figure(patterns: "AttentionPatterns", *, columns: int = 4)
     rows = math.ceil(n / columns)
     tokens = [f"{i}: {clean_token(t)}" for i, t in enumerate(patterns.str_tokens)]
     fig = make_subplots(rows=rows, cols=columns, subplot_titles=list(patterns.labels),
-                        horizontal_spacing=0.12 / columns, vertical_spacing=0.25 / rows)
+                        horizontal_spacing=0.03, vertical_spacing=0.45 / rows)
     size = len(tokens)
     for i in range(n):
         z = patterns.pattern[i].double().numpy().copy()
@@ -73,9 +73,11 @@ def attention_pattern_figure(patterns: "AttentionPatterns", *, columns: int = 4)
             hovertemplate=f"{patterns.labels[i]}<br>from %{{y}}<br>to %{{x}}<br>weight %{{z:.3f}}<extra></extra>",
         ), row=i // columns + 1, col=i % columns + 1)
     fig.update_yaxes(autorange="reversed")
+    for col in range(2, columns + 1):  # destination tokens once per row of the grid
+        fig.update_yaxes(showticklabels=False, col=col)
     fig.update_xaxes(tickangle=-60)
     fig.update_layout(
-        template=TEMPLATE, height=max(350, 330 * rows), width=max(500, 330 * columns),
+        template=TEMPLATE, height=max(350, 380 * rows), width=max(500, 330 * columns),
         title=(f"Attention patterns of {n} head(s)<br><sup>rows: destination position (the token writing), "
                "columns: source position it reads; blank: the future</sup>"),
         margin_t=110,
