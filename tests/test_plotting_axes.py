@@ -39,3 +39,17 @@ def test_recall_panels_give_each_relation_its_own_axes(tiny):
     assert len(axes) == 5 and len(fig.data) == 5 * 3  # band edges and median per relation
     with pytest.raises(lenslib.InputError, match="layout"):
         lenslib.plotting.recall_trajectories(run, layout="grid")
+
+
+def test_heldout_kl_figure_leaves_out_the_output_zero():
+    import pandas as pd
+
+    frame = pd.DataFrame({"lens": ["logit"] * 3, "label": ["0_pre", "1_pre", "final_post"],
+                          "kl_nats": [40.0, 3.0, 0.0], "top1_agreement": [0.1, 0.5, 1.0]})
+    from lenslib.plotting.tuned import heldout_figure
+
+    kl = heldout_figure(frame, "kl_nats")
+    assert list(kl.data[0].y[:2]) == [40.0, 3.0] and math.isnan(kl.data[0].y[2])
+    assert kl.layout.yaxis.type == "log" and "not drawn" in kl.layout.annotations[0].text
+    top1 = heldout_figure(frame, "top1_agreement")
+    assert list(top1.data[0].y) == [0.1, 0.5, 1.0] and not top1.layout.annotations

@@ -22,11 +22,17 @@ def heldout_figure(frame: "pd.DataFrame", stat: str = "kl_nats", *, title: str =
 
     if stat not in STATS:
         raise InputError(f"stat must be one of {sorted(STATS)}, got {stat!r}")
+    log_y = stat == "kl_nats"
     fig = go.Figure()
     for name, rows in frame.groupby("lens", sort=False):
-        fig.add_trace(go.Scatter(x=rows.label, y=rows[stat], mode="lines+markers",
-                                 name=LENS_NAMES.get(name, name)))
+        y = rows[stat].where(rows[stat] > 0) if log_y else rows[stat]  # a log axis has no 0 (the output's KL)
+        fig.add_trace(go.Scatter(x=rows.label, y=y, mode="lines+markers", name=LENS_NAMES.get(name, name)))
     fig.update_layout(template=TEMPLATE, title=title or STATS[stat], width=800, height=420)
-    fig.update_xaxes(title_text="layer (accumulated_resid label)")
-    fig.update_yaxes(title_text=STATS[stat], type="log" if stat == "kl_nats" else "linear")
+    fig.update_xaxes(title_text="layer (stream entering block l; final_post = the model's output)")
+    if log_y:
+        fig.update_yaxes(title_text=STATS[stat], type="log", dtick=1, tickformat="~s")
+        fig.add_annotation(text="the output layer's KL is 0 by definition and is not drawn on a log axis",
+                           xref="paper", yref="paper", x=1, y=-0.22, showarrow=False, font={"size": 11})
+    else:
+        fig.update_yaxes(title_text=STATS[stat], type="linear")
     return fig
