@@ -36,6 +36,15 @@ def tiny_hf():
     return tiny_hf_model(seed=0)[0]
 
 
+@pytest.fixture(scope="session")
+def tiny_hf64():
+    """The tiny model's Hugging Face weights in float64, an instance of its own: tests that need a
+    float64 reference use this, so no test casts the shared ``tiny_hf`` and must restore it."""
+    from lenslib.models.random_weights import tiny_hf_model
+
+    return tiny_hf_model(seed=0)[0].double()
+
+
 def _real(name: str):
     return lenslib.load_model(name, device="cpu", dtype=torch.float32)
 

@@ -94,19 +94,18 @@ def test_translators_change_every_layer_but_the_last(tiny):
     assert torch.equal(tuned.kl_to_final[-1], torch.zeros_like(tuned.kl_to_final[-1]))
 
 
-def test_tuned_lens_matches_a_dense_float64_computation(tiny, tiny_hf):
+def test_tuned_lens_matches_a_dense_float64_computation(tiny, tiny_hf64):
     """Hugging Face hidden states -> translator -> final norm -> lm_head, in float64; bounds from
     tests/numerics.py (the lens's rows against exact ones, one float32 unembedding, one tiled fold)."""
     lens = random_lens(tiny, scale=0.2)
     prompt = "Hello there, world"
     result = lenslib.logit_lens(tiny, prompt, lens=lens, k=3)
     ids = result.input_ids.unsqueeze(0)
-    hf = tiny_hf.double()
+    hf = tiny_hf64
     with torch.no_grad():
         out = hf(ids, output_hidden_states=True)
         exact_rows = _float64_rows(hf, out.hidden_states, lens)
         logp = hf.lm_head(exact_rows).log_softmax(-1)  # [layer, pos, vocab]
-    hf.float()
     exact = SimpleNamespace(entropy=-(logp.exp() * logp).sum(-1), kl_to_final=(logp[-1].exp() * (logp[-1] - logp)).sum(-1))
     delta = logit_shift(decoded(tiny, [result], "sdpa", lens=lens)[0], exact_rows, tiny.W_U, rounded=1)
     tol = lens_tolerances(delta, result, exact, columns=tile_columns(tiny), tiled=1)
@@ -115,7 +114,7 @@ def test_tuned_lens_matches_a_dense_float64_computation(tiny, tiny_hf):
     _check_sorted_probs(result.top_probs, logp, delta, sum_error(tile_columns(tiny)))
 
 
-def test_evaluate_lens_matches_dense_float64(tiny, tiny_hf):
+def test_evaluate_lens_matches_dense_float64(tiny, tiny_hf64):
     """Per-layer means over the held-out tokens against float64; each bound is the mean of the
     per-token bounds of tests/numerics.py (the lens's rows against exact ones); top-1 agreement
     may differ only by the share of tokens whose layer or final top-1 is a near-tie."""
@@ -126,7 +125,7 @@ def test_evaluate_lens_matches_dense_float64(tiny, tiny_hf):
     texts = ["Hello there, world", "abc def"]
     scores = evaluate_lens(tiny, {"logit": None, "tuned": lens}, texts, progress=False)
     resid = collect_residuals(tiny, texts, progress=False)
-    hf = tiny_hf.double()
+    hf = tiny_hf64
     identity = TunedLens.identity(tiny)
     with torch.no_grad():
         runs = [hf(tiny.to_tokens(text), output_hidden_states=True).hidden_states for text in texts]
@@ -154,7 +153,6 @@ def test_evaluate_lens_matches_dense_float64(tiny, tiny_hf):
             # kl_bits: nats over a float32 ln 2 (1 rounding), against float32 nats over ln 2 (2 more)
             bits, nats = got("kl_bits"), torch.tensor(scores.column(name, "kl_nats"))
             assert_within(bits, nats / math.log(2), 4 * U32 * bits.abs(), "bits")
-    hf.float()
     assert scores.n_tokens == sum(tiny.to_tokens(t).shape[1] - 1 for t in texts)
 
 

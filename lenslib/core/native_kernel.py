@@ -1,13 +1,12 @@
 """The fused CPU tile update (``kernels/lens_tile.c``): built once per machine, loaded with ctypes.
 
 The plain-torch update (:func:`lenslib.core.tile_update.torch_tile_update`) makes about ten passes
-over each tile, with temporaries: about 9 ns per logit on two CPU cores, more than twice the
-unembedding matmul itself (about 3.6 ns per logit on oneDNN). The C kernel does the same update
-in one pass over each row where the row's running max holds: about 0.28 ns per logit on real
-SmolLM2 tiles read from memory, about 0.37 inside the lens (the tile fresh from the matmul) on
-the 2-core AMD EPYC this project is measured on, a tenth of the lens's time.
+over each tile, with temporaries, and costs more than the unembedding matmul itself. The C kernel
+does the same update in one pass over each row where the row's running max holds (a second pass
+only where a tile holds a larger logit), so it reads each logit about once; ``python -m bench
+lens`` measures both on the machine at hand.
 
-The first use compiles it with the system C compiler (``$CC``, else ``cc``; about a second) into
+The first use compiles it with the system C compiler (``$CC``, else ``cc``) into
 ``<cache>/kernels/``, named by a hash of the source, the flags, the compiler and the CPU, and
 renamed into place atomically. Without a compiler, or with ``LENSLIB_KERNEL=torch``, the lens
 uses the torch update and says so once. ``LENSLIB_KERNEL=native`` makes a failed build an error.
@@ -48,7 +47,7 @@ COMMON_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 ISA_FLAGS = {  # LENSLIB_KERNEL_ISA -> the -march flags it compiles with
     # On x86, gcc keeps to 256-bit vectors even where -march=native offers AVX-512; the kernel's
-    # loops ran 1.5x faster at 512 bits on an AMD Zen 5 (see the module docstring). A no-op on
+    # loops measured faster at 512 bits on an AVX-512 CPU (bench/). A no-op on
     # CPUs without AVX-512; other architectures do not know the flag.
     "native": ["-march=native"] + (["-mprefer-vector-width=512"] if X86 else []),
     "avx2": ["-march=x86-64-v3"],  # AVX, AVX2, FMA, BMI: no AVX-512

@@ -2,18 +2,9 @@
 
 On CPU, ``torch.mm`` and ``nn.Linear`` call MKL's sgemm. oneDNN, the other matmul library bundled
 with torch (its ``mkldnn`` backend, reached through ``torch.ops.mkldnn._linear_pointwise``, the
-op torch's own compiler emits for linear layers on CPU), ran both of the lens's matmuls about
-twice as fast on the 2-core AMD EPYC (Zen 5, AVX-512) this project is measured on, in float32
-with float32 accumulation (median of 3 to 5 runs):
-
-======================================================  ==========  =======
-float32, on 2 cores                                      MKL         oneDNN
-======================================================  ==========  =======
-48 tiles of 2033 x 2048 logits (d_model 640)             1420 ms     732 ms
-128 tiles of 19 x 2048 (Gemma 3's vocabulary, 1 pos.)      87 ms      50 ms
-SDPA forward, 512 tokens, SmolLM2-135M (stream + norm)    983 ms     546 ms
-SDPA forward, 512 tokens, Gemma 3 270M                    854 ms     567 ms
-======================================================  ==========  =======
+op torch's own compiler emits for linear layers on CPU), can run both of the lens's matmuls
+faster than MKL in float32 with float32 accumulation; how much depends on the CPU, and
+``python -m bench lens`` measures it (cases d and d_torch, bench/results.md).
 
 oneDNN takes the weight as ``[out, in]``: ``nn.Linear``'s layout and the Hugging Face
 ``lm_head``'s, of which a ``TransformerBridge``'s ``W_U`` is a transposed view. With a strided
