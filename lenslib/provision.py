@@ -33,13 +33,13 @@ def main() -> int:
 
 def _tuned_lenses() -> int:
     """Fit (first time) or check (cached) every bundled model's tuned lens."""
-    from lenslib.tuned.cache import fitted_lens
-    from lenslib.tuned.corpus import CorpusNotAvailableError
+    from lenslib.tuned.cache import tuned_lens
+    from lenslib.errors import CorpusNotAvailableError
 
     for name in BUNDLED:
         started = time.perf_counter()
         try:
-            lens = fitted_lens(name)
+            lens = tuned_lens(name)
         except CorpusNotAvailableError as error:
             print(f"lenslib: {error}", file=sys.stderr)
             return 1
