@@ -39,7 +39,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lenslib.causal.attribution import final_norm, frozen_rms_norm, has_post_attention_norm, unembed_direction
+from lenslib.causal.attribution import (
+    final_norm,
+    frozen_rms_norm,
+    has_post_attention_norm,
+    unembed_direction,
+)
 from lenslib.core import bridge
 from lenslib.core.bridge import output_transform
 from lenslib.core.tokens import Decoder, Token, resolve_positions, token_id, tokenize

@@ -36,10 +36,17 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import torch
 
 from lenslib.causal.attribution import has_post_attention_norm
-from lenslib.causal.patching import PatchResult, same_length_tokens
-from lenslib.causal.sites import METRICS, SITES, Patch, Readout, choose_path, record, run_patches
+from lenslib.causal.patching import PatchResult, patch_inputs, same_length_tokens
+from lenslib.causal.sites import (
+    SITES,
+    Patch,
+    Readout,
+    choose_path,
+    record,
+    run_patches,
+)
 from lenslib.core import bridge
-from lenslib.core.tokens import Decoder, Token, resolve_positions, token_id
+from lenslib.core.tokens import Decoder, Token, resolve_positions
 from lenslib.errors import InputError
 
 if TYPE_CHECKING:
@@ -125,16 +132,9 @@ def patch_components(
             "own, and a patched head would also rescale every other head of its block. Patch whole blocks "
             "with site='attn' (exact here), or use a Llama-style model (e.g. smollm2-135m) for heads."
         )
-    for name, text in (("clean", clean), ("corrupt", corrupt)):
-        if not isinstance(text, str) or not text:
-            raise InputError(f"the {name} prompt must be a non-empty string, got {text!r}")
+    target_id, versus_id, metric = patch_inputs(model, clean, corrupt, target, versus, metric)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-    target_id = token_id(model, target, "target")
-    versus_id = None if versus is None else token_id(model, versus, "versus")
-    metric = metric or ("prob" if versus_id is None else "logit_diff")
-    if metric not in METRICS:
-        raise InputError(f"metric must be one of {METRICS}, got {metric!r}")
     readout = Readout(model, metric, target_id, versus_id)
     path = choose_path(model, forward)
     decode = Decoder(model.tokenizer)

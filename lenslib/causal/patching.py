@@ -228,16 +228,7 @@ def patch_layers(
             a target of several tokens or none, a bad metric, a clean run where the metric equals
             the corrupt run's (nothing to restore; raised before any patch runs).
     """
-    for name, text in (("clean", clean), ("corrupt", corrupt)):
-        if not isinstance(text, str) or not text:
-            raise InputError(f"the {name} prompt must be a non-empty string, got {text!r}")
-    target_id = token_id(model, target, "target")
-    versus_id = None if versus is None else token_id(model, versus, "versus")
-    metric = metric or ("prob" if versus_id is None else "logit_diff")
-    if metric not in METRICS:
-        raise InputError(f"metric must be one of {METRICS}, got {metric!r}")
-    if metric == "logit_diff" and versus_id is None:
-        raise InputError("metric 'logit_diff' needs versus=, the token to compare the target with")
+    target_id, versus_id, metric = patch_inputs(model, clean, corrupt, target, versus, metric)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     decode = Decoder(model.tokenizer)
@@ -280,6 +271,35 @@ def patch_layers(
         block=list(range(len(hooks))),
         head=[-1] * len(hooks),
     )
+
+
+def patch_inputs(
+    model, clean: str, corrupt: str, target: Token, versus: Optional[Token], metric: Optional[str]
+) -> tuple[int, Optional[int], str]:
+    """What every patching function checks first: two non-empty prompts, the target's and
+    ``versus``'s token ids, and the metric (default ``"prob"``, ``"logit_diff"`` with ``versus``).
+
+    Raises:
+        InputError: an empty prompt, a bad token, an unknown metric, or ``"logit_diff"`` without
+            ``versus``.
+    """
+    for name, text in (("clean", clean), ("corrupt", corrupt)):
+        if not isinstance(text, str) or not text:
+            raise InputError(f"the {name} prompt must be a non-empty string, got {text!r}")
+    target_id = token_id(model, target, "target")
+    versus_id = None if versus is None else token_id(model, versus, "versus")
+    metric = metric or ("prob" if versus_id is None else "logit_diff")
+    check_metric(metric, versus_id)
+    return target_id, versus_id, metric
+
+
+def check_metric(metric: str, versus_id: Optional[int]) -> None:
+    """Raise :class:`InputError` for a metric lenslib does not know, or ``"logit_diff"`` without
+    a token to compare with."""
+    if metric not in METRICS:
+        raise InputError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric == "logit_diff" and versus_id is None:
+        raise InputError("metric 'logit_diff' needs versus=, the token to compare the target with")
 
 
 def same_length_tokens(model, clean: str, corrupt: str, prepend_bos, decode: Decoder) -> tuple[Tensor, Tensor]:

@@ -51,6 +51,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lenslib.causal.patching import check_metric
 from lenslib.core.bridge import last_logits_only, output_transform, unembed
 from lenslib.core.forward import FORWARD_CHOICES, sdpa_shadow, sdpa_unavailable_reason
 from lenslib.core.stats import lens_stats
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 SITES = ("resid", "attn", "mlp", "head")
-METRICS = ("prob", "logit", "logit_diff")
 
 # The fixed cost of one forward pass, in recomputed tokens: what a batch split must save to pay.
 FORWARD_OVERHEAD_TOKENS = 8
@@ -92,10 +92,7 @@ class Readout:
     """
 
     def __init__(self, model: "TransformerBridge", metric: str, target: int, versus: Optional[int] = None):
-        if metric not in METRICS:
-            raise InputError(f"metric must be one of {METRICS}, got {metric!r}")
-        if metric == "logit_diff" and versus is None:
-            raise InputError("metric 'logit_diff' needs versus=, the token to compare the target with")
+        check_metric(metric, versus)
         self.model, self.metric, self.target, self.versus = model, metric, target, versus
 
     def from_normed(self, rows: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch"]:
