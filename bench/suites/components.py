@@ -73,6 +73,11 @@ def _sweep(direction: str, forward: str, skip_no_ops: bool = True):
     return make
 
 
+def _best(best) -> str:
+    label, pos, effect = best
+    return f"{label} at {pos}: {effect:.2f}"
+
+
 def _read_sweep(ctx: Context, results) -> dict:
     return {"clean": ctx.clean, "corrupt": ctx.corrupt, "batch_size": ctx.batch_size,
             "patches": sum(r.restored.numel() for r in results),
@@ -114,18 +119,23 @@ def _read_lens(ctx: Context, lens) -> dict:
 
 CASES = (
     Case("attn_mlp", "patch_components, attn + mlp, every block x position, denoising", _sweep("denoising", "auto"),
-         warm_up=True, read=_read_sweep, note=lambda e: f"{e['patches']} patches, best {e['best']}"),
+         warm_up=True, read=_read_sweep,
+         note=lambda e: f"{e['patches']} patches; largest effects {', '.join(map(_best, e['best']))}"),
     Case("attn_mlp_every", "the same, every patch run (skip_no_ops=False)", _sweep("denoising", "auto", False),
          read=_read_sweep, note=lambda e: f"{e['patches']} patches"),
     Case("attn_mlp_noise", "the same, noising", _sweep("noising", "auto"), read=_read_sweep,
-         note=lambda e: f"{e['patches']} patches, best {e['best']}"),
+         note=lambda e: f"{e['patches']} patches; largest effects {', '.join(map(_best, e['best']))}"),
     Case("attn_mlp_bridge", "the same denoising sweep on TransformerLens hooks (forward='bridge')",
          _sweep("denoising", "bridge"), reps=1, read=_read_sweep, note=lambda e: f"{e['patches']} patches"),
     Case("heads_last", "patch_components, site='head', every block x head at the last position", _heads,
          skip=_no_heads, warm_up=True, read=_read_heads,
-         note=lambda e: f"{e['patches']} patches, largest effects {e['heads_that_matter']}"),
+         note=lambda e: f"{e['patches']} patches; largest effects {_best(e['best'])}; heads_that_matter "
+                        f"{[tuple(h) for h in e['heads_that_matter']]}"),
     Case("lens", "component_lens at the last position, top 5 tokens per output", _lens, warm_up=True,
-         read=_read_lens, note=lambda e: f"block {e['largest_attention_block']} reads from {e['reads_from']}"),
+         read=_read_lens,
+         note=lambda e: f"largest attention output: block {e['largest_attention_block']} "
+                        f"({e['its_logits']:+.2f} logits), from " + ", ".join(
+                            f"{k} {t!r} {v:+.2f}" for k, t, v in e["reads_from"])),
 )
 RATIOS = (
     Ratio("attn_mlp/attn_mlp_bridge", ("attn_mlp",), ("attn_mlp_bridge",),
