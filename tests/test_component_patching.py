@@ -255,7 +255,7 @@ def _check_real(model, hf_model, atol):
 
 @pytest.mark.real_model
 def test_smollm2_against_transformer_lens_and_hugging_face(smollm2, smollm2_hf):
-    clean, corrupt, answer = _check_real(smollm2, smollm2_hf, atol=2e-3)
+    clean, corrupt, answer = _check_real(smollm2, smollm2_hf, atol=5e-4)  # seen: 2.3e-5 (logits near 11)
     target = smollm2.to_single_token(answer)
     heads = patch_components(smollm2, clean, corrupt, target=target, site="head", metric="logit",
                              layers=[3, 20], direction="noising")
@@ -264,13 +264,13 @@ def test_smollm2_against_transformer_lens_and_hugging_face(smollm2, smollm2_hf):
     index = pd.DataFrame([(l, last, h) for l in (3, 20) for h in range(9)], columns=["layer", "pos", "head"])
     theirs = tl_patching.get_act_patch_attn_head_out_by_pos(smollm2, base, cache, _tl_metric(smollm2, target),
                                                             index_df=index, index_axis_names=None)
-    torch.testing.assert_close(heads.metric.reshape(-1), theirs.float(), atol=2e-3, rtol=0)
-    _check_exact_statements(smollm2, clean, corrupt, answer, atol=2e-3)
+    torch.testing.assert_close(heads.metric.reshape(-1), theirs.float(), atol=5e-4, rtol=0)
+    _check_exact_statements(smollm2, clean, corrupt, answer, atol=5e-4)
 
 
 @pytest.mark.real_model
 def test_gemma_against_transformer_lens_and_hugging_face(gemma, gemma_hf):
-    clean, corrupt, answer = _check_real(gemma, gemma_hf, atol=5e-3)
-    _check_exact_statements(gemma, clean, corrupt, answer, atol=5e-3, heads=False)
+    clean, corrupt, answer = _check_real(gemma, gemma_hf, atol=5e-4)  # seen: 3.5e-5 (logits near 25)
+    _check_exact_statements(gemma, clean, corrupt, answer, atol=5e-4, heads=False)
     with pytest.raises(ValueError, match="site='head' is refused.*post-attention RMSNorm.*site='attn'"):
         patch_components(gemma, clean, corrupt, target=answer, site="head")
