@@ -112,6 +112,29 @@ def tile_matmul(
     return torch.addmm(bias, rows, W_U[:, col0:col1], out=out)
 
 
+def linear(
+    x: Float[Tensor, "row n_in"], weight: Float[Tensor, "n_out n_in"], bias: Optional[Float[Tensor, "n_out"]] = None,
+) -> Float[Tensor, "row n_out"]:
+    """``x @ weight.T (+ bias)`` without autograd, on oneDNN where it applies (float32 on CPU,
+    ``weight`` contiguous, the library's self-check passed, ``LENSLIB_MATMUL`` not ``torch``),
+    else on torch. For weights gathered per call, e.g. the rows of ``W_U.T`` a tuned-lens
+    refinement step samples.
+
+    >>> x, weight = torch.randn(3, 8), torch.randn(5, 8)
+    >>> bool(torch.allclose(linear(x, weight), x @ weight.T, atol=1e-5))
+    True
+    """
+    usable = (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and weight.is_contiguous()
+              and mode() != "torch" and _library_unavailable_reason() is None)
+    if mode() == "onednn" and not usable:
+        raise RuntimeError("LENSLIB_MATMUL=onednn, but oneDNN cannot run this product (float32 CPU tensors, "
+                           f"a contiguous weight and a working mkldnn backend needed: {_library_unavailable_reason()})")
+    if usable:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+    out = x @ weight.T
+    return out if bias is None else out + bias
+
+
 class OneDNNLinear(torch.nn.Linear):
     """``nn.Linear`` whose float32 CPU forward runs on oneDNN (same parameters, same result up
     to float32 rounding); any other input, a strided one (oneDNN can be very slow on those),

@@ -18,8 +18,9 @@ The recipe (:class:`lenslib.tuned.recipe.FitRecipe`):
    its lens mass and the lens's normaliser are estimated from the uniform sample (scaled by
    ``(d_vocab - |T|) / sample``). The loss is the KL between these ``|T| + 1``-way
    distributions. Batches come from ``refine_tokens`` of the fitting tokens (the final
-   distribution's summary costs a full-vocabulary matmul per token). Every score reported
-   anywhere is over the full vocabulary (:mod:`lenslib.tuned.evaluate`).
+   distribution's summary costs a full-vocabulary matmul per token). The loss and its gradient
+   are written out in :mod:`lenslib.tuned.truncated`. Every score reported anywhere is over
+   the full vocabulary (:mod:`lenslib.tuned.evaluate`).
 4. **Per-layer selection.** On ``select_tokens`` tokens of validation text (fitting split, not
    fitted on), each layer keeps whichever of the identity (the logit lens), the least-squares
    map and the refined map has the lowest full-vocabulary KL. The truncated KL is an estimate
@@ -30,7 +31,6 @@ The recipe (:class:`lenslib.tuned.recipe.FitRecipe`):
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence, Union
@@ -44,6 +44,7 @@ from lenslib.tuned.evaluate import evaluate_lens
 from lenslib.tuned.recipe import FitRecipe
 from lenslib.tuned.residuals import Residuals, collect_residuals, final_norm
 from lenslib.tuned.translators import TunedLens, lens_labels, model_signature
+from lenslib.tuned.truncated import draw_columns, final_log_probs, loss_and_row_gradient
 
 MIN_FIT_TOKENS = 256  # below this, least squares in d_model dimensions is not worth a lens
 
@@ -114,49 +115,6 @@ def least_squares_lens(model, resid: Residuals, *, ridge: float = 1e-3, progress
     return TunedLens(labels, A, b, sig)
 
 
-def truncated_kl(
-    model, lens_logits_rows: Tensor, final_rows: Tensor, final_lse: Tensor, top: Tensor,
-    generator: torch.Generator, sample: int,
-) -> Tensor:
-    """Mean over tokens, sum over layers, of the ``|T| + 1``-way KL described in the module doc.
-
-    Args:
-        lens_logits_rows: ``[layer, batch, d_model]`` translated and normalised lens rows.
-        final_rows: ``[batch, d_model]`` the final normalised rows.
-        final_lse: ``[batch]`` the final full-vocabulary log-normalisers.
-        top: ``[batch, top_k]`` the final top token ids.
-    """
-    d_vocab = model.W_U.shape[1]
-    kept = torch.unique(top.reshape(-1))
-    in_kept = torch.zeros(d_vocab, dtype=torch.bool)
-    in_kept[kept] = True
-    rest = (~in_kept).nonzero()[:, 0]
-    if rest.numel() > sample:  # uniform draws (with replacement) stand for the rest
-        drawn = rest[torch.randint(0, rest.numel(), (sample,), generator=generator)]
-        log_w = math.log(rest.numel() / sample)
-    else:  # a small vocabulary: the rest is taken whole, the KL is exact
-        drawn, log_w = rest, 0.0
-    cols = torch.cat([kept, drawn])
-    n_kept = kept.numel()
-
-    with torch.no_grad():
-        logp = unembed(model, final_rows, cols)[:, :n_kept] - final_lse.unsqueeze(-1)
-        p = logp.exp()
-        p_rest = (1 - p.sum(-1)).clamp_min(1e-12)
-    z = unembed(model, lens_logits_rows, cols)  # [layer, batch, cols]
-    z_kept = z[..., :n_kept]
-    if drawn.numel() == 0:  # T is the whole vocabulary
-        logq = z_kept.log_softmax(-1)
-        return (p * (logp - logq)).sum(-1).mean(-1).sum()
-    z_rest = z[..., n_kept:] + log_w
-    log_rest = torch.logsumexp(z_rest, dim=-1)
-    log_z = torch.logaddexp(torch.logsumexp(z_kept, dim=-1), log_rest)
-    logq = z_kept - log_z.unsqueeze(-1)
-    logq_rest = log_rest - log_z
-    kl = (p * (logp - logq)).sum(-1) + p_rest * (p_rest.log() - logq_rest)
-    return kl.mean(-1).sum()
-
-
 def refine(
     model, lens: TunedLens, resid: Residuals, *, steps: int, batch_tokens: int, lr: float,
     top_k: int, sample: int, seed: int, pool_tokens: Optional[int] = None,
@@ -180,6 +138,7 @@ def refine(
     pool = torch.randperm(resid.n_tokens, generator=generator)[:n_pool].sort().values
     raw = resid.raw[:, pool]
     final_rows, final_lse, top = final_summary(model, raw[-1], top_k)
+    d_vocab = int(model.W_U.shape[1])
     index = [resid.labels.index(l) for l in lens.labels]
     n = len(lens.labels)
     A = [lens.A[i].clone().requires_grad_(True) for i in range(n)]
@@ -196,13 +155,15 @@ def refine(
         h = raw[:, pick][index]  # [layer, batch, d_model]
         y = h + torch.bmm(h, torch.stack(A)) + torch.stack(b).unsqueeze(1)
         normed = torch.stack([final_norm(model, y[i]) for i in range(y.shape[0])])
-        loss = truncated_kl(model, normed, final_rows[pick], final_lse[pick], top[pick], generator, sample)
-        grads = torch.autograd.grad(loss, A + b)
+        draw = draw_columns(top[pick], d_vocab, sample, generator)
+        log_p, p_rest = final_log_probs(model, final_rows[pick], final_lse[pick], draw)
+        loss, row_grad = loss_and_row_gradient(model, normed.detach(), log_p, p_rest, draw)
+        grads = torch.autograd.grad(normed, A + b, row_grad)
         for param, grad in zip(A + b, grads):
             param.grad = grad
         optimiser.step()
         schedule.step()
-        losses.append(float(loss.detach()) / len(index))
+        losses.append(loss / len(index))
         bar.set_postfix(kl=f"{losses[-1]:.3f}")
     A, b = torch.stack(A).detach(), torch.stack(b).detach()
     return TunedLens(lens.labels, A, b, lens.signature), losses
