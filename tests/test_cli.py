@@ -16,6 +16,8 @@ INJECTION = "ab<script>document.title='pwned'</script><img src=x onerror=\"docum
 
 
 def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    # a hang guard, not a performance target: a tiny-model command takes ~10 s here, a bundled model's
+    # first load (cache build) minutes on a 2-core machine; 300 s only stops a stuck process
     return subprocess.run([LENSLIB, *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -100,7 +102,7 @@ def test_report_renders_in_chromium_and_injection_does_not_run(tmp_path):
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", report.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120,  # hang guard: the page renders in seconds
     ).stdout
     assert "pwned" not in dom.split("</title>")[0]  # the title is untouched: no script ran
     assert "main-svg" in dom  # plotly drew the figures
