@@ -134,3 +134,30 @@ def test_draw_keeps_every_top_token_once_and_samples_only_the_rest():
     assert whole.has_rest and whole.log_weight == 0.0 and sorted(whole.columns.tolist()) == list(range(12))
     kept_all = draw_columns(torch.arange(6).view(2, 3), 6, 10, g)
     assert not kept_all.has_rest and kept_all.n_kept == 6
+
+
+def test_final_summary_matches_dense_float64(tiny):
+    """The refinement's pool summary (tiled, lse from the top token) against dense float64.
+
+    Bound: the float32 logits are within ``delta = R(h)`` of exact (numerics step 1), so
+    ``log p_top`` within ``2 delta`` (step 3), plus the kernel's float32 tile sums
+    (``sum_error``, step 4); ``z_top`` is summed in float64 (~1e-16) and the result rounded to
+    float32 once (``u |lse|``).
+    """
+    from lenslib.tuned.fit import final_summary
+    from lenslib.tuned.residuals import collect_residuals
+    from numerics import sum_error
+
+    resid = collect_residuals(tiny, ["the quick brown fox", "jumps over the lazy dog again"], progress=False)
+    normed, lse, top = final_summary(tiny, resid.raw[-1], top_k=4)
+    logits = normed.double() @ tiny.W_U.detach().double()
+    want_lse = torch.logsumexp(logits, -1)
+    delta = logit_error(normed, tiny.W_U)
+    bound = 2 * delta + sum_error(tiny.cfg.d_vocab) + U32 * want_lse.abs()
+    assert bool(((lse.double() - want_lse).abs() <= bound).all())
+    want_top = logits.topk(4, dim=-1)
+    # top ids agree wherever the neighbouring exact logits are more than 2 delta apart (step 5)
+    gaps = (want_top.values[:, :-1] - want_top.values[:, 1:]).abs()
+    separated = (gaps > 2 * delta.unsqueeze(-1)).all(-1)
+    assert bool(separated.any())
+    assert torch.equal(top[separated], want_top.indices[separated])

@@ -38,7 +38,8 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from lenslib.core.bridge import unembed
+from lenslib.core.bridge import output_transform
+from lenslib.core.stats import lens_stats
 from lenslib.errors import InputError, NotEnoughTextError
 from lenslib.tuned.evaluate import evaluate_lens
 from lenslib.tuned.recipe import FitRecipe
@@ -50,18 +51,33 @@ MIN_FIT_TOKENS = 256  # below this, least squares in d_model dimensions is not w
 
 
 @torch.no_grad()
-def final_summary(model, final_raw: Tensor, top_k: int, block: int = 64) -> tuple[Tensor, Tensor, Tensor]:
+def final_summary(model, final_raw: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Per token: the final normalised stream, the full-vocabulary log-normaliser and top ids.
 
-    Logits are made ``block`` tokens at a time (``[block, d_vocab]`` fp32: 64 MiB for Gemma).
+    The vocabulary is swept in tiles by :func:`lenslib.core.stats.lens_stats` (never
+    ``[token, d_vocab]`` at once), which gives each row's top ids and probabilities; the
+    log-normaliser follows from the top token's: ``lse = z_top - log p_top``.
+
+    Returns:
+        ``(normed [token, d_model], lse [token] nats, top [token, top_k] ids)``.
     """
     normed = torch.cat([final_norm(model, final_raw[i:i + 1024]) for i in range(0, final_raw.shape[0], 1024)])
-    lse, top = [], []
-    for i in range(0, normed.shape[0], block):
-        logits = unembed(model, normed[i:i + block])
-        lse.append(torch.logsumexp(logits.double(), dim=-1).float())
-        top.append(logits.topk(top_k, dim=-1).indices)
-    return normed, torch.cat(lse), torch.cat(top)
+    W_U, b_U, transform = model.W_U.detach(), _bias(model), output_transform(model)
+    no_target = torch.full((normed.shape[0],), -1)
+    stats = lens_stats(normed.unsqueeze(0), W_U, b_U, no_target, k=top_k, output_transform=transform)
+    top = stats.top_ids[0]
+    best = top[:, 0]
+    z_top = (normed.double() * W_U.T[best].double()).sum(-1)
+    if b_U is not None:
+        z_top = z_top + b_U[best].double()
+    if transform is not None:
+        z_top = transform(z_top)
+    return normed, (z_top - stats.top_probs[0, :, 0].double().log()).float(), top
+
+
+def _bias(model) -> Optional[Tensor]:
+    b_U = getattr(model, "b_U", None)
+    return None if b_U is None else b_U.detach()
 
 
 def bias_only_lens(model, resid: Residuals) -> TunedLens:
