@@ -74,12 +74,12 @@ def test_reference_catches_final_norm_mistakes(tiny_hf, result, reference, bound
         elif mistake == "final norm twice":
             streams = norm(norm(hidden))
         else:  # one cached scale (the final layer's) reused for every layer
-            rms = lambda x: x.pow(2).mean(-1, keepdim=True).add(1e-6).rsqrt()  # noqa: E731
+            rms = lambda x: x.pow(2).mean(-1, keepdim=True).add(norm.variance_epsilon).rsqrt()  # noqa: E731
             streams = hidden * rms(hidden[-1]) * norm.weight
         wrong = tiny_hf.lm_head(streams).double().log_softmax(-1)
     wrong_entropy = -(wrong.exp() * wrong).sum(-1)
     beyond = (wrong_entropy[:-1] - reference.entropy[:-1]).abs() > bounds[2]["entropy"][:-1]
-    assert beyond.float().mean() > 0.5  # most cells of the mistaken lens fail the bound above
+    assert beyond.float().mean() > 0.5  # most (more than half) cells of the mistaken lens fail the bound above
 
 
 def test_properties(tiny, result, bounds):
@@ -92,7 +92,9 @@ def test_properties(tiny, result, bounds):
     H_max = math.log(64)
     assert (result.entropy >= 0).all()
     assert (result.entropy <= H_max + sum_error(64) * (1 + 2 * H_max) + U32 * H_max).all()
-    assert result.entropy.min() < 0.8 * math.log(64)  # non-uniform: the checks have teeth
+    # non-uniform, so the checks have teeth: a threshold, not a tolerance (the minimum is 0.18
+    # nats here, far below 0.8 ln 64 = 3.3; a lens stuck near uniform would sit near ln 64 = 4.16)
+    assert result.entropy.min() < 0.8 * math.log(64)
     has = result.target_ids >= 0
     is_top1 = result.top_ids[..., 0] == result.target_ids.view(1, -1)
     assert torch.equal(result.target_rank[:, has] == 1, is_top1[:, has])
