@@ -60,6 +60,9 @@ def test_gemma_predicts_paris_and_the_lens_shows_it_forming(gemma):
     result = lenslib.logit_lens(gemma, PROMPTS[0], target=" Paris", positions="last")
     assert result.top_tokens[-1][0][0] == " Paris"
     assert result.target_rank[-1, 0] == 1
+    # statements about this model, not tolerances; the margins are wide (values seen on the 4-bit
+    # Gemma 3 copy): rank 16974 at the embeddings (threshold 100), KL 713 nats at the embeddings
+    # against 0.89 at the last block (threshold 10x)
     assert result.target_rank[0, 0] > 100  # the embeddings do not know it yet
     assert result.kl_to_final[0, 0] > 10 * result.kl_to_final[-2, 0]
 
