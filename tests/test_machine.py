@@ -33,6 +33,7 @@ def test_the_report_follows_forced_choices(monkeypatch):
 def test_python_m_prints_one_report(monkeypatch):
     for name in machine.LIMITS:
         monkeypatch.delenv(name, raising=False)
+    # timeout: a hang guard (the report may compile the C kernel once, seconds), not a target
     out = subprocess.run([sys.executable, "-m", "lenslib.core.machine"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -43,7 +44,7 @@ def test_python_m_prints_one_report(monkeypatch):
 def test_limits_are_reported_and_reach_torch():
     env = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     code = "from lenslib.core import machine; r = machine.describe(build_kernel=False); print(r.torch_capability, r.limits)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,  # hang guard
                          env={**os.environ, **env})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "DEFAULT" and "'ONEDNN_MAX_CPU_ISA': 'AVX2'" in out.stdout
