@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from numerics import assert_within, logit_shift
+
 import lenslib
 from lenslib.models import cache as model_cache
 from lenslib.models import loading as models
@@ -120,7 +122,7 @@ def test_two_concurrent_first_loads_build_once(cache_dir, tmp_path):
         subprocess.Popen([sys.executable, "-c", _BUILDER, str(log), "1.5"], env=env, stdout=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
-    outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    outputs = [p.communicate(timeout=60)[0].strip() for p in procs]  # hang guard: each sleeps 1.5 s
     assert all(p.returncode == 0 for p in procs)
     assert outputs[0] == outputs[1] == str(cache_dir / "m-1")
     assert len(log.read_text().splitlines()) == 1
@@ -131,7 +133,7 @@ def test_killed_build_is_not_accepted(cache_dir, tmp_path):
     env = {**os.environ, "LENSLIB_CACHE": str(cache_dir)}
     log = tmp_path / "builds.log"
     proc = subprocess.Popen([sys.executable, "-c", _BUILDER, str(log), "30"], env=env)
-    deadline = time.time() + 30
+    deadline = time.time() + 30  # hang guard: the builder writes its log line right after starting
     while not log.exists() and time.time() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
@@ -175,11 +177,14 @@ def test_offline_hub_error_on_this_machine_is_quick():
     """No mocks: on a machine without the hub, the real check answers within seconds."""
     script = "import lenslib\ntry:\n    lenslib.load_model('gpt2')\nexcept lenslib.ModelNotAvailableError as e:\n    print('ERR', e)"
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)  # hang guard
     elapsed = time.perf_counter() - started
     if "ERR" not in out.stdout:
         pytest.skip("the hub is reachable from here; nothing offline to check")
     assert "cannot be reached" in out.stdout and "Traceback" not in out.stderr
+    # 15 s: starting Python and importing lenslib (~4 s here, 4.4 s for the whole script) plus
+    # hub_is_reachable's 3 s connect timeout, with room for a loaded machine; transformers' own
+    # retries (~23 s) would not fit
     assert elapsed < 15, f"the offline error took {elapsed:.1f} s (transformers' own retries take ~23 s)"
 
 
@@ -203,10 +208,14 @@ def test_list_models_describes_both_bundled_models():
 def test_smollm2_loads_and_matches_hugging_face(smollm2, smollm2_hf):
     tokens = smollm2.to_tokens("The Eiffel Tower is located in the city of")
     with torch.no_grad():
-        ours = smollm2(tokens)
-        theirs = smollm2_hf(tokens).logits
+        ours, cache = smollm2.run_with_cache(tokens, names_filter="unembed.hook_in")
+        out = smollm2_hf(tokens, output_hidden_states=True)
+    theirs = out.logits
     assert torch.isfinite(ours).all()
-    torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=0)
+    # two float32 forwards decoded by the same head: tests/numerics.py step 2 on the measured
+    # difference of their final (normed) rows, per position
+    delta = logit_shift(cache["unembed.hook_in"][0], out.hidden_states[-1][0], smollm2.W_U)
+    assert_within(ours[0], theirs[0], delta.unsqueeze(-1), "logits")
     assert smollm2.cfg.n_layers == 30 and smollm2.cfg.d_vocab == 49152
 
 
