@@ -65,7 +65,7 @@ def test_same_class_settings_and_special_tokens(pair):
 def test_same_ids_on_real_and_awkward_text(pair):
     standard, fast = pair
     texts = _texts()
-    assert len(texts) > 600
+    assert len(texts) > 600  # a size floor, not a tolerance: 686 texts when written
     for special in (True, False):
         want = standard(texts, add_special_tokens=special)["input_ids"]
         got = fast(texts, add_special_tokens=special)["input_ids"]
@@ -107,6 +107,7 @@ def test_cached_file_has_compact_merges_equal_to_the_saved_pairs(name, tmp_path)
     cached = hf_model_dir(name) / "tokenizer.json"
     spec = json.loads(cached.read_text(encoding="utf-8"))
     merges = spec["model"]["merges"]
+    # a size floor, not a tolerance: a real BPE file (48,900 merges for SmolLM2, 514,906 for Gemma)
     assert len(merges) > 40_000 and all(isinstance(m, str) and m.count(" ") == 1 for m in merges)
     spec["model"]["merges"] = [m.split(" ") for m in merges]
     as_saved = tmp_path / "tokenizer.json"
