@@ -47,6 +47,10 @@ GRID_STATS = {
     "target_rank": ("target_rank", "target rank (1 = top)", True, True),
 }
 KL_FLOOR = 1e-3  # nats added before log10 so that KL = 0 (the final layer) is drawable
+# d3 format of log-axis ticks (dtick=1: powers of ten only): plain numbers, 0.001 ... 1 ... 100,000,
+# then 1e+6 or 1e-7; not SI suffixes ("100m" for 0.1 reads as a hundred million)
+LOG_TICKFORMAT = ",~g"
+TICK_CHAR_WIDTH = 0.6  # a tick label character's width, in units of the font size (generous for Arial digits and letters)
 
 # stat -> (LensResult attribute, y-axis title, log y axis)
 TRAJECTORY_STATS = {
@@ -272,7 +276,7 @@ def stat_profile(
         position: which chosen position of each result to read (default the last).
         log_y: a logarithmic y axis, for KL, which spans orders of magnitude. Values that are
             not positive (the final layer's KL, 0 by definition) cannot be drawn there: each
-            curve then ends at the last layer before, and a note on the figure says so.
+            curve then ends at the last layer before, and the title's subtitle says so.
         title: figure title.
     """
     y_title = _choice(stat, PROFILE_STATS, "stat")
@@ -286,9 +290,9 @@ def stat_profile(
         curves = {m: np.where(rows > 0, rows, np.nan) for m, rows in curves.items()}
     fig = _depth_figure(results_by_model, curves, reduce, y_title, log_y,
                         title if title is not None else f"{reduce.capitalize()} {y_title} by relative depth")
-    if dropped:
-        fig.add_annotation(text="values of 0 (the final layer's KL) are not drawn on a log axis",
-                           xref="paper", yref="paper", x=1, y=-0.16, showarrow=False, font={"size": 11})
+    if dropped:  # in the subtitle, clear of the axis titles
+        fig.update_layout(title_subtitle_text="values of 0 (the final layer's KL) are not drawn on a log axis",
+                          title_subtitle_font_size=12)
     return fig
 
 
@@ -324,28 +328,107 @@ def recall_trajectories(run: "RecallRun", *, stat: str = "prob", by_relation: bo
     return fig
 
 
+PANEL_WIDTH = 1000  # px, the whole panel figure
+PANEL_MARGIN = {"l": 70, "r": 30, "t": 90, "b": 50}  # px
+PANEL_TICK_FONT = 10  # px
+
+
 def _recall_panels(run, rows: np.ndarray, groups: np.ndarray, names: list, stat: str, y_title: str, title: str):
-    """One panel per group, four across, shared axes; each panel's title names its group and n."""
+    """One panel per group, four across, shared axes; each panel's title names its group and n.
+
+    The x ticks are as many layers as fit side by side in a panel at ``PANEL_TICK_FONT``, always
+    with the first and the last (the output); the gap between panels fits half the last label and
+    half the first, so neighbouring panels' labels do not touch either. The lowest panel of each
+    column carries the x tick labels (also above an empty slot of the last row).
+    """
     from plotly.subplots import make_subplots
 
     cols = min(4, len(names))
     n_rows = math.ceil(len(names) / cols)
     titles = [f"{html.escape(str(g))} (n={int((groups == g).sum())})" for g in names]
+    plot_px = PANEL_WIDTH - PANEL_MARGIN["l"] - PANEL_MARGIN["r"]
+    labels = run.layer_labels
+    gap_px = _label_px(labels[-1]) / 2 + _label_px(labels[0]) / 2 + _label_px("m")
     fig = make_subplots(rows=n_rows, cols=cols, shared_xaxes=True, shared_yaxes=True, subplot_titles=titles,
-                        vertical_spacing=0.12 / max(1, n_rows - 1) if n_rows > 1 else 0.1, horizontal_spacing=0.03)
+                        vertical_spacing=0.12 / max(1, n_rows - 1) if n_rows > 1 else 0.1,
+                        horizontal_spacing=min(0.2, gap_px / plot_px) if cols > 1 else 0.0)
     x = list(range(run.n_layers))
     for i, group in enumerate(names):
         before = len(fig.data)
         _add_median_band(fig, x, rows[groups == group], _PALETTE[0], "median, IQR band", run.layer_labels)
         for trace in fig.data[before:]:
             trace.update(xaxis=f"x{i + 1 if i else ''}", yaxis=f"y{i + 1 if i else ''}", showlegend=False)
-    ticks = list(range(0, run.n_layers, max(1, run.n_layers // 4))) + [run.n_layers - 1]
-    fig.update_xaxes(tickvals=ticks, ticktext=[run.layer_labels[t] for t in ticks], tickangle=0, tickfont={"size": 9})
+    domain = fig.layout.xaxis.domain  # the x range has half a layer of room each side for the markers
+    span_px = (domain[1] - domain[0]) * plot_px * (run.n_layers - 1) / run.n_layers
+    ticks = readable_ticks(labels, span_px, PANEL_TICK_FONT)
+    fig.update_xaxes(tickmode="array", tickvals=ticks, ticktext=[labels[t] for t in ticks], tickangle=0,
+                     tickfont={"size": PANEL_TICK_FONT}, range=[-0.5, run.n_layers - 0.5])
+    fig.update_yaxes(autorange=True)  # a fixed x range would otherwise leave y at plotly's default [-1, 4]
+    for i in range(len(names), n_rows * cols):  # empty slots of the last row: no bare axes there ...
+        fig.update_layout({f"xaxis{i + 1}": {"visible": False}, f"yaxis{i + 1}": {"visible": False}})
+    for i in range(max(0, len(names) - cols), len(names)):  # ... so each column's lowest panel labels its x axis
+        fig.update_layout({f"xaxis{i + 1 if i else ''}": {"showticklabels": True}})
     if stat == "rank":
-        fig.update_yaxes(type="log", dtick=1, tickformat="~s")
-    fig.update_layout(template=TEMPLATE, title=title, width=1000, height=230 * n_rows + 120, showlegend=False)
+        fig.update_yaxes(**_log_axis(rows))
+    fig.update_layout(template=TEMPLATE, title=title, width=PANEL_WIDTH, height=230 * n_rows + 120,
+                      margin=PANEL_MARGIN, showlegend=False)
     fig.update_yaxes(title_text=y_title, col=1, title_font={"size": 11})
     return fig
+
+
+def readable_ticks(labels: Sequence[str], axis_px: float, font_px: float) -> list[int]:
+    """Indices of ``labels`` to tick on an axis so that no two labels overlap.
+
+    The labels sit evenly, ``axis_px`` pixels from the first to the last. The
+    ticks are every ``s``-th label from the first, for the smallest stride ``s`` at which neighbours
+    keep one character of space between them, plus the last label (the output layer), dropping
+    regular ticks too close to it. A label's width is estimated as ``TICK_CHAR_WIDTH`` x
+    ``font_px`` per character.
+
+    >>> labels = [f"{i}_pre" for i in range(18)] + ["final_post"]
+    >>> [labels[i] for i in readable_ticks(labels, 205, 10)]
+    ['0_pre', '4_pre', '8_pre', '12_pre', 'final_post']
+    >>> readable_ticks(["0_pre", "1_pre", "final_post"], 800, 10)
+    [0, 1, 2]
+
+    Args:
+        labels: the tick labels, one per position on the axis.
+        axis_px: pixels from the first label's position to the last one's.
+        font_px: the tick font size in pixels.
+
+    Returns:
+        Increasing indices into ``labels``: always the last, and the first unless even those two
+        labels alone would overlap.
+
+    Raises:
+        InputError: no labels, or an axis length or font size that is not positive.
+    """
+    if not labels:
+        raise InputError("labels is empty: there is nothing to tick")
+    if not axis_px > 0 or not font_px > 0:
+        raise InputError(f"axis_px and font_px must be positive, got {axis_px!r} and {font_px!r}")
+    last = len(labels) - 1
+    if last == 0:
+        return [0]
+    px_per_step = axis_px / last
+    pad = TICK_CHAR_WIDTH * font_px
+
+    def fits(a: int, b: int) -> bool:
+        return (b - a) * px_per_step >= (_label_px(labels[a], font_px) + _label_px(labels[b], font_px)) / 2 + pad
+
+    for stride in range(1, last + 1):
+        ticks = list(range(0, last, stride))
+        while len(ticks) > 1 and not fits(ticks[-1], last):
+            ticks.pop()
+        ticks.append(last)
+        if all(fits(a, b) for a, b in zip(ticks, ticks[1:])):
+            return ticks
+    return [0, last] if fits(0, last) else [last]
+
+
+def _label_px(label: str, font_px: float = PANEL_TICK_FONT) -> float:
+    """Estimated width in pixels of a tick label (``TICK_CHAR_WIDTH`` x font size per character)."""
+    return TICK_CHAR_WIDTH * font_px * len(label)
 
 
 def configure_static_images(
@@ -499,8 +582,8 @@ def _add_median_band(fig, x, rows: np.ndarray, colour: str, name: str, layer_lab
     """A centre line (median or mean over rows) and the 25-75 % band around it."""
     import plotly.graph_objects as go
 
-    q25, q50, q75 = np.nanpercentile(rows, [25, 50, 75], axis=0)
-    mid = np.nanmean(rows, axis=0) if centre == "mean" else q50
+    q25, q50, q75, mean = _column_summary(rows)
+    mid = mean if centre == "mean" else q50
     r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
     group = name
     fig.add_trace(go.Scatter(x=x, y=q75, mode="lines", line={"width": 0}, legendgroup=group,
@@ -516,10 +599,41 @@ def _add_median_band(fig, x, rows: np.ndarray, colour: str, name: str, layer_lab
     ))
 
 
+def _column_summary(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """25th, 50th and 75th percentiles and mean of each column of ``rows`` ``[row, layer]``, NaNs skipped.
+
+    A column with no finite value (a layer left out everywhere, e.g. KL = 0 at the output on a log
+    axis) gets NaN in all four: it is not drawn, and numpy is not asked to reduce an empty slice.
+    """
+    out = np.full((4, rows.shape[1]), np.nan)
+    kept = np.isfinite(rows).any(axis=0)
+    if kept.any():
+        out[:3, kept] = np.nanpercentile(rows[:, kept], [25, 50, 75], axis=0)
+        out[3, kept] = np.nanmean(rows[:, kept], axis=0)
+    return tuple(out)
+
+
+def _log_axis(values: np.ndarray) -> dict:
+    """Settings of a log axis for ``values`` (any shape; values that are not positive are ignored).
+
+    Ticks are written as plain numbers (``LOG_TICKFORMAT``). Where the values reach at least two
+    powers of ten the ticks are those powers only (no bare "2" or "5" between them); otherwise
+    plotly picks the ticks, so that a narrow range still gets some.
+    """
+    positive = values[np.isfinite(values) & (values > 0)]
+    settings = {"type": "log", "tickformat": LOG_TICKFORMAT, "dtick": None}
+    if positive.size:
+        powers = math.floor(math.log10(positive.max())) - math.ceil(math.log10(positive.min())) + 1
+        if powers >= 2:
+            settings["dtick"] = 1
+    return settings
+
+
 def _finish(fig, title: str, x_title: str, y_title: str, log_y: bool) -> None:
     fig.update_layout(template=TEMPLATE, title=title, width=800, height=480, hovermode="closest")
     fig.update_xaxes(title_text=x_title)
-    if log_y:  # ticks at powers of ten only, written out (1, 10, 100, 1k): no bare "2" or "5" ticks
-        fig.update_yaxes(title_text=y_title, type="log", dtick=1, tickformat="~s")
+    if log_y:
+        ys = [np.asarray(t.y, dtype=float) for t in fig.data if t.y is not None]
+        fig.update_yaxes(title_text=y_title, **_log_axis(np.concatenate(ys) if ys else np.array([])))
     else:
         fig.update_yaxes(title_text=y_title, type="linear")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lenslib.errors import InputError
-from lenslib.plotting.lens import TEMPLATE
+from lenslib.plotting.lens import LOG_TICKFORMAT, TEMPLATE
 from lenslib.tuned.card import LENS_NAMES
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def heldout_figure(frame: "pd.DataFrame", stat: str = "kl_nats", *, title: str =
     fig.update_layout(template=TEMPLATE, title=title or STATS[stat], width=800, height=420)
     fig.update_xaxes(title_text="layer (stream entering block l; final_post = the model's output)")
     if log_y:
-        fig.update_yaxes(title_text=STATS[stat], type="log", dtick=1, tickformat="~s")
+        fig.update_yaxes(title_text=STATS[stat], type="log", dtick=1, tickformat=LOG_TICKFORMAT)
         fig.add_annotation(text="the output layer's KL is 0 by definition and is not drawn on a log axis",
                            xref="paper", yref="paper", x=1, y=-0.22, showarrow=False, font={"size": 11})
     else:
