@@ -169,6 +169,7 @@ def test_heldout_kl_figure_leaves_out_the_output_zero():
                           "kl_nats": [40.0, 3.0, 0.0], "top1_agreement": [0.1, 0.5, 1.0]})
     kl = heldout_figure(frame, "kl_nats")
     assert list(kl.data[0].y[:2]) == [40.0, 3.0] and math.isnan(kl.data[0].y[2])
-    assert kl.layout.yaxis.type == "log" and "not drawn" in kl.layout.annotations[0].text
+    assert kl.layout.yaxis.type == "log" and "not drawn" in kl.layout.title.subtitle.text
+    assert not kl.layout.annotations  # nothing placed below the plot, where the x title is
     top1 = heldout_figure(frame, "top1_agreement")
-    assert list(top1.data[0].y) == [0.1, 0.5, 1.0] and not top1.layout.annotations
+    assert list(top1.data[0].y) == [0.1, 0.5, 1.0] and not top1.layout.title.subtitle.text

@@ -31,8 +31,8 @@ def heldout_figure(frame: "pd.DataFrame", stat: str = "kl_nats", *, title: str =
     fig.update_xaxes(title_text="layer (stream entering block l; final_post = the model's output)")
     if log_y:
         fig.update_yaxes(title_text=STATS[stat], type="log", dtick=1, tickformat=LOG_TICKFORMAT)
-        fig.add_annotation(text="the output layer's KL is 0 by definition and is not drawn on a log axis",
-                           xref="paper", yref="paper", x=1, y=-0.22, showarrow=False, font={"size": 11})
+        fig.update_layout(title_subtitle_text="the output layer's KL is 0 by definition and is not drawn on a log axis",
+                          title_subtitle_font_size=12)  # in the subtitle, clear of the axis titles
     else:
         fig.update_yaxes(title_text=STATS[stat], type="linear")
     return fig
