@@ -88,8 +88,11 @@ def test_translators_change_every_layer_but_the_last(tiny):
     lens = random_lens(tiny, scale=0.3)
     plain = lenslib.logit_lens(tiny, "Hello there")
     tuned = lenslib.logit_lens(tiny, "Hello there", lens=lens)
-    # differ far beyond rounding: torch's float32 closeness (1.3e-6 relative) is below any move here
-    assert not torch.allclose(plain.entropy[:-1], tuned.entropy[:-1])
+    # differ beyond rounding in every cell: more than tests/numerics.py's bound for two float32
+    # computations of the same rows (seen: at least 0.066 nats against a bound of at most 6.2e-4)
+    rows = decoded(tiny, [plain], "sdpa")[0]
+    rounding = lens_tolerances(logit_shift(rows, None, tiny.W_U), plain, tuned, columns=tile_columns(tiny))
+    assert ((plain.entropy - tuned.entropy).abs() > rounding["entropy"])[:-1].all()
     assert torch.equal(plain.entropy[-1], tuned.entropy[-1])
     assert torch.equal(tuned.kl_to_final[-1], torch.zeros_like(tuned.kl_to_final[-1]))
 
@@ -192,9 +195,12 @@ def test_fit_lowers_heldout_kl_on_the_tiny_model(tiny):
     tuned, start = fitted.tuned, fitted.least_squares
     scores = evaluate_lens(tiny, {"logit": None, "least_squares": start, "tuned": tuned}, HELD, progress=False)
     logit, ls, fit = (scores.mean_kl(n) for n in ("logit", "least_squares", "tuned"))
+    # the claim itself, empirical: a seeded fit on a random tiny model (mean KL 2.99 nats against
+    # the logit lens's 4.08 here, least squares 3.10); a fit that learned nothing would tie
     assert fit < logit, (logit, ls, fit)
     assert scores.column("tuned", "kl_nats")[-1] == 0.0
-    assert tuned.record["fit"]["fit_tokens"] > 256
+    # exact: the fit reads every token of the texts but BOS
+    assert tuned.record["fit"]["fit_tokens"] == sum(tiny.to_tokens(t).shape[1] - 1 for t in TEXTS)
 
 
 def test_per_layer_selection_keeps_each_layers_best_translator(tiny):
@@ -282,7 +288,7 @@ def test_cache_is_atomic_and_rebuilds_a_damaged_entry(tiny, tmp_path, monkeypatc
     entry = tmp_path / tuned_cache.entry_name("tiny-llama", FitRecipe.of(recipe))
     assert entry.is_dir() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert set(lens.record["heldout_mean_kl_nats_but_last"]) == {"logit", "least_squares", "tuned"}
-    assert lens.record["corpus"]["heldout_tokens_scored"] >= 100
+    assert lens.record["corpus"]["heldout_tokens_scored"] >= recipe["score_tokens"]  # what the recipe asks
     again = tuned_cache.tuned_lens(tiny, recipe=recipe, progress=False)
     assert torch.equal(again.A, lens.A)
     weights = entry / "translators.safetensors"
@@ -376,7 +382,7 @@ def test_cli_tune_and_lens_tuned(tiny, tmp_path, monkeypatch):
     env = {**os.environ, "LENSLIB_CACHE": str(tmp_path / "cache")}
     exe = str(Path(sys.executable).with_name("lenslib"))
     out = subprocess.run([exe, "tune", "--model", "tiny-llama", "--html", str(tmp_path / "t.html")],
-                         capture_output=True, text=True, timeout=600, env=env)
+                         capture_output=True, text=True, timeout=600, env=env)  # hang guards, both
     assert out.returncode == 0, out.stderr
     assert "KL tuned" in out.stdout and "least-squares start" in out.stdout
     assert "<h1>Tuned lens of tiny-llama</h1>" in (tmp_path / "t.html").read_text()
