@@ -35,8 +35,8 @@ def _readout(model, x, target, versus):
     """``(r, xn, w)``: the readout ``g (w_t - w_v) / s`` of the final stream ``x``, its normalised
     value ``x g / s``, and ``|w_t| + |w_v|`` ([d_model] each, float64)."""
     g = model.ln_final(torch.ones(1, 1, x.numel(), dtype=model.W_U.dtype))[0, 0].double()
-    g = g * (1.0 + float(getattr(model.cfg, "eps", 1e-6))) ** 0.5
-    s = (x.pow(2).mean() + float(getattr(model.cfg, "eps", 1e-6))).sqrt()
+    g = g * (1.0 + float(model.cfg.eps)) ** 0.5
+    s = (x.pow(2).mean() + float(model.cfg.eps)).sqrt()
     W = model.W_U.detach().double()
     t, v = model.to_single_token(target), None if versus is None else model.to_single_token(versus)
     direction = W[:, t] - (W[:, v] if v is not None else 0.0)
