@@ -98,6 +98,8 @@ def test_kl_profile_median_band_over_a_layer_left_out_everywhere_warns_nothing(t
     upper, lower, median = fig.data
     assert all(math.isnan(trace.y[-1]) for trace in fig.data)
     kl = np.stack([r.kl_to_final[:-1, 0].double().numpy() for r in results])
+    # numpy's 50th percentile of the same float64 values (three prompts: the middle one, exactly);
+    # 1e-12 only leaves room for another interpolation formula's float64 rounding (u = 1.1e-16)
     np.testing.assert_allclose(median.y[:-1], np.median(kl, axis=0), rtol=1e-12)
 
 
@@ -154,6 +156,8 @@ def test_readable_ticks():
     wide = readable_ticks(labels, 3000, 10)
     assert wide == list(range(31))  # room for every label
     narrow = readable_ticks(labels, 180, 10)
+    # a count, not a tolerance: 6-character labels at 0.6 em of 10 px, plus a gap, fit about 5 times
+    # in 180 px (seen: [0, 7, 14, 21, 30])
     assert narrow[0] == 0 and narrow[-1] == 30 and 2 <= len(narrow) < 8
     assert readable_ticks(["only"], 100, 10) == [0]
     with pytest.raises(lenslib.InputError, match="empty"):
