@@ -5,9 +5,12 @@ block's MLP at the last position in closed form; a block's heads together = its 
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
+from numerics import U32, assert_within, longest_reduction, stream_tolerance
 from transformer_lens import patching as tl_patching
 
 from lenslib.causal.components import patch_components
@@ -18,6 +21,21 @@ CLEAN, CORRUPT = "abcab", "abdab"  # the tiny model's tokenizer: one token per c
 PARIS = ("The Eiffel Tower is located in the city of", "The Colosseum is located in the city of", " Paris")
 TL_SWEEPS = {"attn": tl_patching.get_act_patch_attn_out, "mlp": tl_patching.get_act_patch_mlp_out,
              "resid": tl_patching.get_act_patch_resid_pre}
+
+
+def _criterion(model, *texts):
+    """How far two forward runs of one input (another path, another batch, patched alike) may
+    read apart in logits: tests/numerics.py's step-6 criterion on the end of the path,
+    gamma_K max|logits| (K: a block's longest reduction), as tests/test_patching.py holds them."""
+    with torch.no_grad():
+        logits = torch.cat([model(model.to_tokens(text)) for text in texts])
+    return stream_tolerance(longest_reduction(model, logits.shape[1]), logits)
+
+
+def _fraction_rounding(result, span):
+    """``[row, pos]``: restored is float64 arithmetic on float32 values, stored in float32 (a
+    rounding of it and of the metric it came from, relative to the span), as in test_patching."""
+    return 2 * U32 * (result.restored.double().abs() + result.metric.double().abs() / span)
 
 
 def _tl_metric(model, target):
@@ -46,7 +64,7 @@ def test_every_block_and_position_matches_transformer_lens(tiny, site, direction
     theirs = TL_SWEEPS[site](tiny, base, cache, _tl_metric(tiny, target))  # [layer, pos]
     rows = ours.metric if site != "resid" else ours.metric[:-1]  # TL has no final_post row
     assert rows.shape == theirs.shape
-    torch.testing.assert_close(rows, theirs.float(), atol=2e-5, rtol=0)
+    torch.testing.assert_close(rows, theirs.float(), atol=_criterion(tiny, CLEAN, CORRUPT), rtol=0)
     assert (ours.metric != ours.metric[0, 0]).any()  # not all the unpatched value
 
 
@@ -60,29 +78,37 @@ def test_every_head_and_position_matches_transformer_lens(tiny, direction):
     n_layers, n_heads = tiny.cfg.n_layers, tiny.cfg.n_heads
     assert ours.layer_labels[:2] == ["0_attn_h0", "0_attn_h1"] and ours.block[n_heads] == 1
     mine = ours.metric.view(n_layers, n_heads, -1).permute(0, 2, 1)  # [layer, pos, head] as TL
-    torch.testing.assert_close(mine, theirs.float(), atol=2e-5, rtol=0)
-    # by_head at the last position is the same numbers, as effects
+    T = _criterion(tiny, CLEAN, CORRUPT)
+    torch.testing.assert_close(mine, theirs.float(), atol=T, rtol=0)
+    # by_head at the last position is the same numbers, as effects: T over the span, the fractions'
+    # rounding, and one more for 1 - restored
     effect = ours.by_head()
+    span = abs(ours.clean_value - ours.corrupt_value)
     expected = ((theirs[:, -1].double() - ours.corrupt_value) / (ours.clean_value - ours.corrupt_value)).float()
-    torch.testing.assert_close(effect, expected if direction == "denoising" else 1 - expected, atol=1e-4, rtol=0)
+    want = expected if direction == "denoising" else 1 - expected
+    rounding = _fraction_rounding(ours, span).view(n_layers, n_heads, -1)[..., -1]
+    assert_within(effect, want, T / span + 2 * rounding + U32 * want.double().abs(), "by_head")
 
 
 def test_resid_site_is_patch_layers(tiny):
     ours = patch_components(tiny, CLEAN, CORRUPT, target="c", site="resid", metric="logit")
     theirs = patch_layers(tiny, CLEAN, CORRUPT, target="c", metric="logit")
     assert ours.layer_labels == theirs.layer_labels == ["0_pre", "1_pre", "final_post"]
-    torch.testing.assert_close(ours.metric, theirs.metric, atol=2e-5, rtol=0)
+    T = _criterion(tiny, CLEAN, CORRUPT)
+    torch.testing.assert_close(ours.metric, theirs.metric, atol=T, rtol=0)
     gap = abs(ours.clean_value - ours.corrupt_value)  # the fractions divide float error by it
-    torch.testing.assert_close(ours.restored, theirs.restored, atol=2e-5 / gap + 1e-6, rtol=0)
+    bound = T / gap + _fraction_rounding(ours, gap) + _fraction_rounding(theirs, gap)
+    assert_within(ours.restored, theirs.restored, bound, "restored")
 
 
 def test_restored_and_effect_formulas(tiny):
     for direction in ("denoising", "noising"):
         result = patch_components(tiny, CLEAN, CORRUPT, target="c", site="attn", direction=direction, metric="logit")
         restored = (result.metric.double() - result.corrupt_value) / (result.clean_value - result.corrupt_value)
-        torch.testing.assert_close(result.restored.double(), restored, atol=1e-4, rtol=0)
+        rounding = _fraction_rounding(result, abs(result.clean_value - result.corrupt_value))
+        assert_within(result.restored, restored, rounding, "restored")
         effect = restored if direction == "denoising" else 1 - restored
-        torch.testing.assert_close(result.effect.double(), effect, atol=1e-4, rtol=0)
+        assert_within(result.effect, effect, rounding + U32 * effect.abs(), "effect")  # 1 - x: one rounding more
         # before the changed token ('c' vs 'd' at position 3) the activations agree: no effect at all
         assert torch.all(result.effect[:, :3] == 0)
         frame = result.to_frame()
@@ -95,7 +121,7 @@ def test_skipping_no_ops_changes_nothing(tiny):
         kept = patch_components(tiny, CLEAN, CORRUPT, target="c", site=site, positions="all", metric="logit")
         full = patch_components(tiny, CLEAN, CORRUPT, target="c", site=site, positions="all", metric="logit",
                                 skip_no_ops=False)
-        torch.testing.assert_close(kept.metric, full.metric, atol=2e-5, rtol=0)
+        torch.testing.assert_close(kept.metric, full.metric, atol=_criterion(tiny, CLEAN, CORRUPT), rtol=0)
 
 
 def _recordings(model, clean, corrupt, target):
@@ -103,10 +129,13 @@ def _recordings(model, clean, corrupt, target):
     return readout, record(model, model.to_tokens(clean)[0], readout), record(model, model.to_tokens(corrupt)[0], readout)
 
 
-def _check_exact_statements(model, clean, corrupt, target, atol, heads=True):
+def _check_exact_statements(model, clean, corrupt, target, heads=True):
+    """Each statement is exact in real numbers; in float32 two runs of one input read apart by
+    at most :func:`_criterion`'s ``atol``."""
+    atol = _criterion(model, clean, corrupt)
     readout, clean_run, corrupt_run = _recordings(model, clean, corrupt, target)
     n_layers, n_tokens = int(model.cfg.n_layers), clean_run.tokens.numel()
-    assert abs(clean_run.value - corrupt_run.value) > 20 * atol  # the runs really differ
+    assert abs(clean_run.value - corrupt_run.value) > 20 * atol  # the runs really differ: a margin for teeth
     every = tuple(Patch(site, l) for l in range(n_layers) for site in ("attn", "mlp"))
     every_pos = tuple(Patch(site, l, p) for l in range(n_layers) for site in ("attn", "mlp") for p in range(n_tokens))
     last = n_tokens - 1
@@ -119,8 +148,8 @@ def _check_exact_statements(model, clean, corrupt, target, atol, heads=True):
             assert denoised[i] == pytest.approx(clean_run.value, abs=atol)
             assert noised[i] == pytest.approx(corrupt_run.value, abs=atol)
         # nothing patched: the base run (up to the rounding of a readout batched with other rows)
-        assert denoised[2] == pytest.approx(corrupt_run.value, rel=1e-6)
-        assert noised[2] == pytest.approx(clean_run.value, rel=1e-6)
+        assert denoised[2] == pytest.approx(corrupt_run.value, abs=atol)
+        assert noised[2] == pytest.approx(clean_run.value, abs=atol)
     # the last block's MLP at the last position, in closed form: final = x - mlp_base + mlp_source,
     # then the final norm and the unembedding (read here from the Hugging Face modules)
     hf = model.original_model
@@ -142,7 +171,7 @@ def _check_exact_statements(model, clean, corrupt, target, atol, heads=True):
 
 
 def test_exact_statements_tiny(tiny):
-    _check_exact_statements(tiny, CLEAN, CORRUPT, "c", atol=1e-5)
+    _check_exact_statements(tiny, CLEAN, CORRUPT, "c")
 
 
 def test_forward_paths_record_the_same_activations(tiny):
@@ -150,10 +179,13 @@ def test_forward_paths_record_the_same_activations(tiny):
     ids = tiny.to_tokens(CLEAN)[0]
     fast, slow = record(tiny, ids, readout, "sdpa"), record(tiny, ids, readout, "bridge")
     assert fast.path == "sdpa" and slow.path == "bridge" and fast.kv is not None
-    for site in ("resid", "attn", "mlp", "head"):
+    longest = longest_reduction(tiny, ids.numel())
+    for site in ("resid", "attn", "mlp", "head"):  # numerics step 6, as in test_fast_forward
         assert fast.acts[site].shape == slow.acts[site].shape
-        torch.testing.assert_close(fast.acts[site], slow.acts[site], atol=1e-4, rtol=1e-4)
-    assert fast.value == pytest.approx(slow.value, rel=1e-5)
+        assert_within(fast.acts[site], slow.acts[site], stream_tolerance(longest, slow.acts[site]), site)
+    # a probability of logits within the criterion T: p (e^{2T} - 1) (numerics step 3), stored
+    T = _criterion(tiny, CLEAN)
+    assert fast.value == pytest.approx(slow.value, rel=math.expm1(2 * T) + 2 * U32)
 
 
 def test_plan_batches_covers_every_run_once():
@@ -193,9 +225,12 @@ def test_layers_and_positions_subsets(tiny):
     full = patch_components(tiny, CLEAN, CORRUPT, target="c", site="mlp", metric="logit")
     part = patch_components(tiny, CLEAN, CORRUPT, target="c", site="mlp", metric="logit", layers=[1], positions=[3, 5])
     assert part.layer_labels == ["1_mlp"] and part.positions.tolist() == [3, 5]
-    torch.testing.assert_close(part.metric[0], full.metric[1, [3, 5]], atol=1e-6, rtol=0)
+    T = _criterion(tiny, CLEAN, CORRUPT)  # other batches
+    torch.testing.assert_close(part.metric[0], full.metric[1, [3, 5]], atol=T, rtol=0)
     resid = patch_components(tiny, CLEAN, CORRUPT, target="c", site="resid", layers=[2], positions="last")
-    assert resid.layer_labels == ["final_post"] and resid.restored[0, 0] == pytest.approx(1.0, abs=1e-5)
+    # the whole final stream at the last position: the clean run, within 2T of the span (test_patching)
+    span = abs(resid.clean_value - resid.corrupt_value)
+    assert resid.layer_labels == ["final_post"] and resid.restored[0, 0] == pytest.approx(1.0, abs=2 * T / span)
 
 
 # ---------------------------------------------------------------- the bundled models
@@ -229,8 +264,9 @@ def _hf_patched(hf_model, base_ids, source_ids, site, layer, pos, target):
     return float(logits[0, -1, target])
 
 
-def _check_real(model, hf_model, atol):
+def _check_real(model, hf_model):
     clean, corrupt, answer = PARIS
+    atol = _criterion(model, clean, corrupt)  # TransformerLens's runs and hooks on HF: other paths
     target = model.to_single_token(answer)
     n_layers = int(model.cfg.n_layers)
     clean_ids, corrupt_ids = model.to_tokens(clean)[0], model.to_tokens(corrupt)[0]
@@ -255,7 +291,7 @@ def _check_real(model, hf_model, atol):
 
 @pytest.mark.real_model
 def test_smollm2_against_transformer_lens_and_hugging_face(smollm2, smollm2_hf):
-    clean, corrupt, answer = _check_real(smollm2, smollm2_hf, atol=5e-4)  # seen: 2.3e-5 (logits near 11)
+    clean, corrupt, answer = _check_real(smollm2, smollm2_hf)
     target = smollm2.to_single_token(answer)
     heads = patch_components(smollm2, clean, corrupt, target=target, site="head", metric="logit",
                              layers=[3, 20], direction="noising")
@@ -264,13 +300,13 @@ def test_smollm2_against_transformer_lens_and_hugging_face(smollm2, smollm2_hf):
     index = pd.DataFrame([(l, last, h) for l in (3, 20) for h in range(9)], columns=["layer", "pos", "head"])
     theirs = tl_patching.get_act_patch_attn_head_out_by_pos(smollm2, base, cache, _tl_metric(smollm2, target),
                                                             index_df=index, index_axis_names=None)
-    torch.testing.assert_close(heads.metric.reshape(-1), theirs.float(), atol=5e-4, rtol=0)
-    _check_exact_statements(smollm2, clean, corrupt, answer, atol=5e-4)
+    torch.testing.assert_close(heads.metric.reshape(-1), theirs.float(), atol=_criterion(smollm2, clean, corrupt), rtol=0)
+    _check_exact_statements(smollm2, clean, corrupt, answer)
 
 
 @pytest.mark.real_model
 def test_gemma_against_transformer_lens_and_hugging_face(gemma, gemma_hf):
-    clean, corrupt, answer = _check_real(gemma, gemma_hf, atol=5e-4)  # seen: 3.5e-5 (logits near 25)
-    _check_exact_statements(gemma, clean, corrupt, answer, atol=5e-4, heads=False)
+    clean, corrupt, answer = _check_real(gemma, gemma_hf)
+    _check_exact_statements(gemma, clean, corrupt, answer, heads=False)
     with pytest.raises(ValueError, match="site='head' is refused.*post-attention RMSNorm.*site='attn'"):
         patch_components(gemma, clean, corrupt, target=answer, site="head")
