@@ -9,6 +9,7 @@ normalised rows are stacked and decoded together by :func:`lenslib.core.stats.le
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 
@@ -89,6 +90,46 @@ class LensEvaluation:
         """
         import pandas as pd
 
+        kl = self._layer_token_kl(lens, versus)
+        point, low, high = _bootstrap_text_means(kl, self.text_ids, n_resamples=n_resamples, level=level, seed=seed)
+        return pd.DataFrame({"layer": range(kl.shape[0]), "label": self.layer_labels[:-1], "kl_nats": point.numpy(),
+                             "low": low.numpy(), "high": high.numpy()})
+
+    def bootstrap_mean_kl(
+        self, lens: str, versus: Optional[str] = None, *, n_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+    ) -> dict[str, float]:
+        """The mean KL over all layers but the last (:meth:`mean_kl`), of ``lens`` or of
+        ``lens - versus``, with the same bootstrap over texts as :meth:`bootstrap_kl` (the same
+        draws for the same ``seed``): each resample averages every layer on one set of texts.
+
+        Example:
+            >>> import math, lenslib
+            >>> model = lenslib.load_model("tiny-llama")
+            >>> texts = ["hello there", "abc def ghi", "a quiet engine", "seven umbrellas"]
+            >>> scores = lenslib.evaluate_lens(model, {"logit": None, "same": lenslib.TunedLens.identity(model)}, texts, progress=False)
+            >>> whole = scores.bootstrap_mean_kl("logit")
+            >>> math.isclose(whole["kl_nats"], scores.mean_kl("logit"), rel_tol=1e-6), whole["low"] <= whole["kl_nats"] <= whole["high"]
+            (True, True)
+            >>> scores.bootstrap_mean_kl("same", versus="logit")
+            {'kl_nats': 0.0, 'low': 0.0, 'high': 0.0}
+
+        Returns:
+            ``{"kl_nats", "low", "high"}`` in nats: the point estimate and the interval's ends.
+
+        Raises:
+            InputError: as :meth:`bootstrap_kl`.
+        """
+        kl = self._layer_token_kl(lens, versus).mean(0, keepdim=True)   # [1, token]: every layer but the last, averaged
+        point, low, high = _bootstrap_text_means(kl, self.text_ids, n_resamples=n_resamples, level=level, seed=seed)
+        return {"kl_nats": float(point[0]), "low": float(low[0]), "high": float(high[0])}
+
+    def _layer_token_kl(self, lens: str, versus: Optional[str] = None) -> Float[Tensor, "layer token"]:
+        """``[layer, token]`` KL(final || lens) of every token (minus ``versus``'s), float64, every
+        layer but the last (the model's own output: 0 by definition). What the bootstraps resample.
+
+        Raises:
+            InputError: an unknown lens name, or an evaluation without per-token scores.
+        """
         names = self.lens_names
         for name in (lens,) + (() if versus is None else (versus,)):
             if name not in names:
@@ -98,20 +139,7 @@ class LensEvaluation:
         kl = self.token_kl[names.index(lens)].double()
         if versus is not None:
             kl = kl - self.token_kl[names.index(versus)].double()
-        kl = kl[:-1]  # the last layer is the model's own output: 0 by definition
-        texts, inverse = torch.unique(self.text_ids, return_inverse=True)
-        sums = torch.zeros(kl.shape[0], len(texts), dtype=torch.float64).index_add_(1, inverse, kl)
-        counts = torch.bincount(inverse, minlength=len(texts)).double()
-        generator = torch.Generator().manual_seed(seed)
-        draws = torch.randint(0, len(texts), (n_resamples, len(texts)), generator=generator)
-        weights = torch.zeros(n_resamples, len(texts), dtype=torch.float64)
-        weights.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
-        means = (weights @ sums.T) / (weights @ counts).unsqueeze(-1)      # [resample, layer]
-        tail = (1 - level) / 2
-        low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
-        point = sums.sum(-1) / counts.sum()
-        return pd.DataFrame({"layer": range(kl.shape[0]), "label": self.layer_labels[:-1], "kl_nats": point.numpy(),
-                             "low": low.numpy(), "high": high.numpy()})
+        return kl[:-1]
 
     def to_frame(self) -> "pd.DataFrame":
         """The score table (a copy of ``table``)."""
@@ -138,6 +166,60 @@ class LensEvaluation:
     def column(self, lens: str, name: str) -> list[float]:
         """One column of ``table`` for one lens, layer by layer."""
         return self.table[self.table.lens == lens][name].tolist()
+
+
+def _bootstrap_text_means(
+    kl: Float[Tensor, "row token"], text_ids: Int[Tensor, "token"], *, n_resamples: int = 1000, level: float = 0.95,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row, the token-weighted mean of ``kl`` and a bootstrap interval over **texts**: the
+    texts (``text_ids``) are drawn with replacement ``n_resamples`` times, tokens of one text
+    staying together, and the central ``level`` of the resampled means is the interval.
+
+    Example:
+        >>> import torch
+        >>> kl = torch.tensor([[1.0, 1.0, 3.0, 3.0], [2.0, 2.0, 2.0, 2.0]])   # [row, token]
+        >>> point, low, high = _bootstrap_text_means(kl, torch.tensor([0, 0, 1, 1]), n_resamples=200)
+        >>> point.tolist(), low[1].item(), high[1].item()                      # a constant row has no spread
+        ([2.0, 2.0], 2.0, 2.0)
+        >>> 1.0 <= low[0].item() <= 2.0 <= high[0].item() <= 3.0
+        True
+
+    Returns:
+        ``(point, low, high)``, each ``[row]`` float64, in the units of ``kl``.
+    """
+    kl = kl.double()
+    texts, inverse = torch.unique(text_ids, return_inverse=True)
+    sums = torch.zeros(kl.shape[0], len(texts), dtype=torch.float64).index_add_(1, inverse, kl)
+    counts = torch.bincount(inverse, minlength=len(texts)).double()
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, len(texts), (n_resamples, len(texts)), generator=generator)
+    weights = torch.zeros(n_resamples, len(texts), dtype=torch.float64)
+    weights.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    means = (weights @ sums.T) / (weights @ counts).unsqueeze(-1)      # [resample, row]
+    tail = (1 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
+    return sums.sum(-1) / counts.sum(), low, high
+
+
+def translators_sha256(lens: TunedLens, digits: int = 12) -> str:
+    """The first ``digits`` hex digits of the SHA-256 of a lens's translators (``A``, then ``b``,
+    as little-endian float32 bytes): which fitted lens a set of scores describes.
+
+    Example:
+        >>> import lenslib
+        >>> model = lenslib.load_model("tiny-llama")
+        >>> zero, moved = lenslib.TunedLens.identity(model), lenslib.TunedLens.identity(model)
+        >>> moved.b[0, 0] = 1.0
+        >>> translators_sha256(zero) == translators_sha256(lenslib.TunedLens.identity(model)), translators_sha256(moved) == translators_sha256(zero)
+        (True, False)
+        >>> len(translators_sha256(zero))
+        12
+    """
+    digest = hashlib.sha256()
+    for tensor in (lens.A, lens.b):
+        digest.update(tensor.detach().float().contiguous().cpu().numpy().astype("<f4").tobytes())
+    return digest.hexdigest()[:digits]
 
 
 @torch.no_grad()
