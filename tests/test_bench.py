@@ -24,6 +24,7 @@ from bench.measure import PeakMemory, Timed, measure_row, run_once
 from bench.passage import passage_text, prompt_of_length
 from bench.report import markdown, ratio_figure, time_figure
 from bench.suites import all_suites
+from bench.suites.tuned_heldout import LENSES, PAIRS, pair_name
 
 TOKENS = [8, 12]
 REPS = 2
@@ -441,8 +442,27 @@ def test_tuned_suites_on_smollm2(tmp_path):
     held = harness.run_suite(suites["tuned-heldout"], ["--models", "smollm2-135m", "--tokens", "64",
                                                        "--out", str(tmp_path)])
     [score] = held["results"]
-    assert score["heldout_tokens"] >= 64 and len(score["table"]) == 3 * 31
+    assert score["heldout_tokens"] >= 64 and len(score["table"]) == len(LENSES) * 31
     assert {t["target"] for t in held["targets"]} == {t.text for t in suites["tuned-heldout"].all_targets()}
+    found = score["intervals_nats"]
+    assert found["layers"] == [f"{i}_pre" for i in range(30)] and found["texts"] == score["windows"]
+    assert list(found["lenses"]) == list(LENSES) and list(found["pairs"]) == [pair_name(a, b) for a, b in PAIRS]
+    # 64 tokens are one or two windows: every resampled mean is one window's, the other's, or (two
+    # windows, one of each) the point itself, so each interval holds its point exactly
+    for v in found["lenses"].values():
+        assert all(lo <= x <= hi for lo, x, hi in zip(v["low"], v["mean"], v["high"]))
+    for v in found["pairs"].values():
+        assert all(lo <= x <= hi for lo, x, hi in zip(v["low"], v["diff"], v["high"]))
+    for lens, mean in found["mean_but_last"]["lenses"].items():  # the bootstrap's point is the table's mean
+        assert mean["low"] <= mean["mean"] <= mean["high"]
+        assert math.isclose(mean["mean"], score["mean_kl_nats_but_last"][lens], rel_tol=1e-5), lens
+    import lenslib
+    from lenslib.tuned.evaluate import translators_sha256
+
+    assert held["lenses"]["smollm2-135m"]["translators_sha256"]["tuned"] == translators_sha256(
+        lenslib.tuned_lens("smollm2-135m", progress=False))
+    md = (tmp_path / "tuned_heldout.md").read_text()
+    assert all(f"KL {lens} |" in md for lens in LENSES) and all(f"{pair_name(a, b)} |" in md for a, b in PAIRS)
 
 
 def test_the_bench_doctests_pass():
