@@ -101,9 +101,15 @@ def status_bytes(field: str) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _can_reset_hwm() -> bool:
+    """Whether the kernel resets the peak RSS on request and then tracks it (some sandboxes accept
+    the reset but never move ``VmHWM``): reset, write 16 MiB, and see the peak rise by half that."""
     try:
         Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
-        return status_bytes("VmHWM") > 0
+        before = status_bytes("VmRSS")
+        block = b"x" * (16 * 2**20)
+        tracked = status_bytes("VmHWM") >= before + 8 * 2**20
+        del block
+        return tracked
     except (OSError, AttributeError):
         return False
 
@@ -136,8 +142,8 @@ class PeakMemory:
     (``peak - base``, at least 0). On CPU these are the process's resident set, so they include
     the weights and everything else alive; on CUDA, what torch's allocator holds.
 
-    >>> with PeakMemory("cpu") as memory:
-    ...     block = bytearray(64 * 2**20)
+    >>> with PeakMemory("cpu") as memory:  # bytes written, so resident (calloc'd zeros may not be)
+    ...     block = b"x" * (64 * 2**20)
     >>> memory.extra > 32 * 2**20
     True
     """
@@ -173,8 +179,8 @@ class PeakMemory:
         if self.device == "cuda":
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated()
-        elif _can_reset_hwm():
-            self.peak = status_bytes("VmHWM")
+        elif _can_reset_hwm():  # the resident set now is a floor of the peak, whatever VmHWM says
+            self.peak = max(status_bytes("VmHWM"), status_bytes("VmRSS"))
         else:
             import psutil
 
