@@ -142,6 +142,7 @@ class PeakMemory:
     (``peak - base``, at least 0). On CPU these are the process's resident set, so they include
     the weights and everything else alive; on CUDA, what torch's allocator holds.
 
+    >>> release_memory("cpu")  # as run_once does: else malloc may reuse freed, still-resident heap
     >>> with PeakMemory("cpu") as memory:  # bytes written, so resident (calloc'd zeros may not be)
     ...     block = b"x" * (64 * 2**20)
     >>> memory.extra > 32 * 2**20

@@ -5,12 +5,18 @@ from __future__ import annotations
 import torch
 
 
-def agreement(lens, tl_top_k, tl_targets, tie_gap: float = 1e-5, entropy_tol: float = 1e-4) -> dict:
+def agreement(lens, tl_top_k, tl_targets, tie_gap: float = 1e-5, entropy_tol: float = 2.5e-4) -> dict:
     """Where lenslib (case a) and TransformerLens's own lens (cases g, g_t) disagree.
 
     Top-1 is compared where lenslib's top two probabilities are more than ``tie_gap`` apart (else
     either order is right); entropy within ``entropy_tol`` nats; target ranks with
     TransformerLens's counted from 0, at every position that has a next token.
+
+    The default ``entropy_tol`` is the worst-case float32 rounding of the two paths' entropies on the
+    tiny model, where the tests hold them to it: each logit within eps = gamma_d max sum|x w|
+    (3.5e-5), so each entropy within eps sum p|z - z_bar| + gamma_V (|lse| + sum p|z|) (1.1e-4),
+    two paths 2.3e-4. On the real models it is a reporting threshold; the max difference is
+    reported beside it.
     """
     top_tl = tl_top_k.readout.top_ids[:, 0].cpu()  # [layer, pos, k]
     probs = lens.top_probs
